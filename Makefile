@@ -1,0 +1,62 @@
+# Attention in CNNs, derived: the course's commands. README.md shows the two that matter:
+#   make lab    set up (if needed) and open the course in JupyterLab on notebooks/
+#   make test   set up (if needed) and run every test: unit tests + strict nbval on every notebook
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+PORT ?= 8888
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# OpenMP's busy-waiting makes torch several times slower on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
+# pytest and nbval must not pick up a stray kernel or warnings filter from the user's setup.
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: setup lab test test-unit test-notebooks notebook student execute bench clean help
+
+help:
+	@echo "make lab            set up and open the course in JupyterLab"
+	@echo "make test           set up and run all tests (unit + strict nbval)"
+	@echo "make test-unit      unit tests only"
+	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
+	@echo "make student        student copies of the notebooks in student/ (solutions removed)"
+	@echo "make execute NB=01  re-execute one notebook in place (for authors)"
+	@echo "make bench          run the benchmark scripts"
+	@echo "make clean          remove the virtual environment and generated files"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing tutorial_lib and the course tools into $(VENV) (first time: about a minute)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[course]" 2>&1 \
+		| grep -v -E "^WARNING: Location .* is ignored" || true
+	@$(BIN)/python -c "import tutorial_lib, torch, nbval, jupyterlab" \
+		|| { echo "set-up failed: see the pip output above"; exit 1; }
+	@touch $(STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest tests
+
+notebook: setup
+	$(BIN)/python -m pytest notebooks/$(NB)_*.ipynb
+
+student: setup
+	$(BIN)/python -m tutorial_lib.exercises.student notebooks student
+
+execute: setup
+	$(BIN)/python -m tutorial_lib.execute notebooks/$(NB)_*.ipynb
+
+bench: setup
+	$(BIN)/python benchmarks/bench_non_local.py
+
+clean:
+	rm -rf $(VENV) student .pytest_cache

@@ -1,0 +1,91 @@
+"""Exercises with checkers.
+
+An exercise is registered under an id such as ``"00.1"`` with a checker: a function that
+receives the learner's answer (usually a function they wrote) and raises ``AssertionError``
+with a helpful message when the answer is wrong. ``check(id, answer)`` runs it and prints one
+line: a tick, a cross with the reason and a hint, or a note that the exercise is not done yet.
+
+In the notebooks, solutions sit between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` lines;
+``python -m tutorial_lib.exercises.student`` (``make student``) writes student copies with
+those parts removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Exercise", "exercise", "check", "list_exercises", "expect_close", "expect_shape",
+           "random_input"]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    title: str
+    hint: str
+    checker: Callable[[Any], None]
+
+
+REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(id: str, title: str, hint: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Decorator registering ``checker`` as the checker of exercise ``id``."""
+    def register(checker: Callable[[Any], None]) -> Callable[[Any], None]:
+        if id in REGISTRY:
+            raise ValueError(f"exercise {id!r} is registered twice")
+        REGISTRY[id] = Exercise(id, title, hint, checker)
+        return checker
+    return register
+
+
+def list_exercises(prefix: str = "") -> list[Exercise]:
+    """The registered exercises whose id starts with ``prefix`` (e.g. ``"01."``), in order."""
+    return [REGISTRY[k] for k in sorted(REGISTRY) if k.startswith(prefix)]
+
+
+def check(id: str, answer: Any) -> bool:
+    """Check ``answer`` for exercise ``id``; print one verdict line and return True if correct."""
+    if id not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"check: no exercise {id!r}; known exercises: {known}")
+    ex = REGISTRY[id]
+    try:
+        ex.checker(answer)
+    except NotImplementedError:
+        print(f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}")
+        return False
+    except AssertionError as err:
+        print(f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}")
+        return False
+    except Exception as err:  # the learner's code raised: report it as feedback, not a crash
+        print(f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n  Hint: {ex.hint}")
+        return False
+    print(f"✓ [{id}] {ex.title}: correct")
+    return True
+
+
+# --- helpers for writing checkers -----------------------------------------------------------
+
+def random_input(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reproducible random tensor that does not touch the global random state."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def expect_shape(got: Any, shape: tuple[int, ...], what: str) -> None:
+    """Assert that ``got`` is a tensor of ``shape``."""
+    assert isinstance(got, torch.Tensor), f"{what} should be a tensor, but it is {type(got).__name__}"
+    assert tuple(got.shape) == tuple(shape), \
+        f"{what} should have shape {tuple(shape)}, but has shape {tuple(got.shape)}"
+
+
+def expect_close(got: Any, expected: torch.Tensor, what: str, *, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Assert that ``got`` has the expected shape and values."""
+    expect_shape(got, tuple(expected.shape), what)
+    if not torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol):
+        worst = (got.to(expected.dtype) - expected).abs().max().item()
+        raise AssertionError(f"{what} has the right shape but wrong values "
+                             f"(largest difference {worst:.3g})")
