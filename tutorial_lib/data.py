@@ -25,6 +25,8 @@ __all__ = [
     "objects_on_clutter",
     "channel_signal",
     "sample_image",
+    "FEATURE_NAMES",
+    "handmade_features",
     "attention_on_mask",
 ]
 
@@ -246,6 +248,40 @@ def sample_image(name: str = "grace_hopper.jpg", size: int | None = 128) -> torc
         img = img[:, top:top + s, left:left + s]
         img = torch.nn.functional.interpolate(img[None], size=(size, size), mode="area")[0]
     return img.contiguous()
+
+
+FEATURE_NAMES = ("brightness", "red-green", "blue-yellow", "edge |", "edge -", "edge \\", "edge /",
+                 "spot")
+
+
+def handmade_features(image: torch.Tensor) -> torch.Tensor:
+    """A feature map with channels one can name, from a (3, H, W) or (B, 3, H, W) RGB image.
+
+    Eight fixed filters stand in for a trained network's first layer, so the derivations can
+    run on a real feature map whose channels mean something (``FEATURE_NAMES``): brightness,
+    two colour-opponent channels, four oriented edge detectors (3x3, on brightness) and a
+    centre-surround spot detector. Every channel is rectified (ReLU), as features after a
+    conv-BN-ReLU are. Returns (8, H, W) or (B, 8, H, W); 'same' padding keeps H and W.
+    """
+    single = image.dim() == 3
+    x = image[None] if single else image
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"handmade_features: expected an RGB image (3, H, W) or (B, 3, H, W), "
+                         f"but got shape {tuple(image.shape)}")
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    lum = 0.299 * r + 0.587 * g + 0.114 * b
+    k = torch.tensor([
+        [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],      # responds to vertical edges  |
+        [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],      # horizontal edges  -
+        [[0, 1, 2], [-1, 0, 1], [-2, -1, 0]],      # diagonal edges \\ (brightness grows to the top right)
+        [[2, 1, 0], [1, 0, -1], [0, -1, -2]],      # diagonal edges /
+        [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]],  # centre-surround spot
+    ], dtype=x.dtype, device=x.device)[:, None] / 4.0
+    edges = torch.nn.functional.conv2d(torch.nn.functional.pad(lum, (1, 1, 1, 1), mode="replicate"), k)
+    edges = torch.cat([edges[:, :4].abs(), edges[:, 4:]], dim=1)
+    colour = torch.cat([lum, r - g, (r + g) / 2 - b], dim=1)
+    out = torch.relu(torch.cat([colour, edges], dim=1))
+    return out[0] if single else out
 
 
 def attention_on_mask(attention: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

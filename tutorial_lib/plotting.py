@@ -30,7 +30,7 @@ def to_numpy_image(img: torch.Tensor) -> np.ndarray:
 def _grid(n: int, ncols: int, scale: float):
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.6),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, (scale + 0.3) * nrows + 0.7),
                              squeeze=False)
     return fig, axes
 
@@ -51,21 +51,28 @@ def _finish(fig, axes, n: int, title: str, xlabel: str, ylabel: str):
 def show_images(images: torch.Tensor | Sequence[torch.Tensor], *, titles: Sequence[str] | None = None,
                 title: str = "Images", ncols: int = 8, cmap: str = "gray", scale: float = 1.6,
                 xlabel: str = "width (pixels)", ylabel: str = "height (pixels)",
-                symmetric: bool = False):
+                symmetric: bool = False, vmin: float | None = None, vmax: float | None = None,
+                masks: torch.Tensor | None = None):
     """A grid of images: (N, 3, H, W) colour, (N, 1, H, W) or (N, H, W) single-channel maps.
 
-    Single-channel maps use ``cmap`` with their own range (``symmetric`` centres it on 0).
+    Single-channel maps use ``cmap`` with their own range unless ``vmin``/``vmax`` fix one
+    shared range (``symmetric`` centres it on 0 with a diverging map). ``masks`` (N, H, W),
+    if given, is outlined in cyan.
     """
     n = len(images)
     fig, axes = _grid(n, ncols, scale)
     for i, ax in enumerate(axes.flat[:n]):
         arr = to_numpy_image(images[i])
         if arr.ndim == 2:
-            lim = float(np.abs(arr).max()) or 1.0
-            kw = dict(vmin=-lim, vmax=lim) if symmetric else {}
-            ax.imshow(arr, cmap="RdBu_r" if symmetric else cmap, **kw)
+            if symmetric:
+                lim = float(np.abs(arr).max()) or 1.0
+                ax.imshow(arr, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            else:
+                ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax)
         else:
             ax.imshow(arr)
+        if masks is not None:
+            ax.contour(masks[i].float().cpu().numpy(), levels=[0.5], colors="cyan", linewidths=1.0)
         if titles is not None:
             ax.set_title(titles[i], fontsize="small")
     return _finish(fig, axes, n, title, xlabel, ylabel)

@@ -4,6 +4,8 @@ An exercise is registered under an id such as ``"00.1"`` with a checker: a funct
 receives the learner's answer (usually a function they wrote) and raises ``AssertionError``
 with a helpful message when the answer is wrong. ``check(id, answer)`` runs it and prints one
 line: a tick, a cross with the reason and a hint, or a note that the exercise is not done yet.
+``passes(id, answer)`` runs the same checker silently and returns True or False (for tests
+and for graders that collect scores).
 
 In the notebooks, solutions sit between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` lines;
 ``python -m tutorial_lib.exercises.student`` (``make student``) writes student copies with
@@ -16,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Exercise", "exercise", "check", "list_exercises", "expect_close", "expect_shape",
+__all__ = ["Exercise", "exercise", "check", "passes", "verdict", "list_exercises", "expect_close", "expect_shape",
            "random_input"]
 
 
@@ -46,8 +48,8 @@ def list_exercises(prefix: str = "") -> list[Exercise]:
     return [REGISTRY[k] for k in sorted(REGISTRY) if k.startswith(prefix)]
 
 
-def check(id: str, answer: Any) -> bool:
-    """Check ``answer`` for exercise ``id``; print one verdict line and return True if correct."""
+def verdict(id: str, answer: Any) -> tuple[bool, str]:
+    """Run the checker of exercise ``id`` on ``answer``; return (correct, the line to show)."""
     if id not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
         raise KeyError(f"check: no exercise {id!r}; known exercises: {known}")
@@ -55,16 +57,23 @@ def check(id: str, answer: Any) -> bool:
     try:
         ex.checker(answer)
     except NotImplementedError:
-        print(f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}")
-        return False
+        return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
     except AssertionError as err:
-        print(f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}")
-        return False
+        return False, f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
     except Exception as err:  # the learner's code raised: report it as feedback, not a crash
-        print(f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n  Hint: {ex.hint}")
-        return False
-    print(f"✓ [{id}] {ex.title}: correct")
-    return True
+        return False, (f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n"
+                       f"  Hint: {ex.hint}")
+    return True, f"✓ [{id}] {ex.title}: correct"
+
+
+def check(id: str, answer: Any) -> None:
+    """Check ``answer`` for exercise ``id`` and print the verdict (✓, ✗ with a hint, or …)."""
+    print(verdict(id, answer)[1])
+
+
+def passes(id: str, answer: Any) -> bool:
+    """True if ``answer`` solves exercise ``id``; prints nothing."""
+    return verdict(id, answer)[0]
 
 
 # --- helpers for writing checkers -----------------------------------------------------------
