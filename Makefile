@@ -10,15 +10,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # OpenMP's busy-waiting makes torch several times slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
-# pytest and nbval must not pick up a stray kernel or warnings filter from the user's setup.
+# Silences the debugger's note about frozen modules that ipykernel kernels print at start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# JupyterLab refuses to start as root (containers, CI) unless told that it is intended.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup lab test test-unit test-notebooks notebook student execute bench clean help
 
 help:
-	@echo "make lab            set up and open the course in JupyterLab"
+	@echo "make lab            set up and open the course in JupyterLab (LAB_ARGS=... passes options)"
 	@echo "make test           set up and run all tests (unit + strict nbval)"
 	@echo "make test-unit      unit tests only"
+	@echo "make test-notebooks strict nbval on every notebook"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies of the notebooks in student/ (solutions removed)"
 	@echo "make execute NB=01  re-execute one notebook in place (for authors)"
@@ -38,13 +41,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest
 
 test-unit: setup
 	$(BIN)/python -m pytest tests
+
+test-notebooks: setup
+	$(BIN)/python -m pytest notebooks
 
 notebook: setup
 	$(BIN)/python -m pytest notebooks/$(NB)_*.ipynb

@@ -1,0 +1,130 @@
+"""Training loop, cost measurement, attention capture, plots and notebook set-up."""
+import sys
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from torch import nn
+
+import tutorial_lib as tl
+from tutorial_lib.capture import AttentionModule
+
+
+def _tiny_net(channels=3, classes=4):
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, classes))
+
+
+def test_fit_is_deterministic_for_a_seed(capsys):
+    data = tl.objects_on_clutter(128, seed=0)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = _tiny_net()
+        h = tl.fit(net, data, val=data, epochs=2, batch_size=32, progress=False, seed=1)
+        runs.append((h, [p.detach().clone() for p in net.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1/2  loss ") and "val acc" in lines[0] and len(lines) == 4
+
+
+def test_fit_learns_an_easy_task_and_evaluate_agrees():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, 8, 8, generator=g)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0).long()            # the class is the sign of channel 0's mean
+    data = torch.utils.data.TensorDataset(x, y)
+    torch.manual_seed(0)
+    net = _tiny_net(channels=2, classes=2)
+    h = tl.fit(net, data, epochs=8, lr=1e-2, progress=False, verbose=False)
+    assert h.train_loss[-1] < h.train_loss[0]
+    result = tl.evaluate(net, data)
+    assert result["accuracy"] > 0.75 and set(result) == {"loss", "accuracy"}
+    assert not net.training
+
+
+def test_fit_rejects_bad_budgets():
+    with pytest.raises(ValueError, match="fit: expected epochs >= 1"):
+        tl.fit(_tiny_net(), tl.objects_on_clutter(8), epochs=0, progress=False)
+
+
+def test_count_parameters_and_flops_against_closed_forms():
+    lin = nn.Linear(4, 3)
+    assert tl.count_parameters(lin) == 15
+    lin.bias.requires_grad_(False)
+    assert tl.count_parameters(lin, trainable_only=True) == 12
+    assert tl.count_flops(lin, torch.zeros(2, 4)) == 2 * 2 * 4 * 3           # 2 FLOPs per multiply-add
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    assert tl.count_flops(conv, torch.zeros(1, 3, 6, 7)) == 2 * 6 * 7 * 5 * 3 * 9
+    assert tl.count_flops(lin, torch.zeros(2, 4, requires_grad=True), backward=True) > 48
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory is measured on Linux only")
+def test_peak_memory_sees_a_temporary_allocation():
+    def make_and_drop():
+        t = torch.ones(2048, 4096)        # 32 MiB, freed before returning
+        return float(t[0, 0])
+    peak = tl.peak_memory(make_and_drop)
+    assert 30 * 2**20 < peak < 48 * 2**20
+    assert tl.peak_memory(lambda: None) < 4 * 2**20
+
+
+def test_measure_latency_and_formatting():
+    assert tl.measure_latency(torch.ones, 10, repeats=3, warmup=1) >= 0
+    assert tl.format_bytes(1536) == "1.5 KiB" and tl.format_bytes(100) == "100 B" and tl.format_bytes(None) == "n/a"
+    assert tl.format_bytes(64 * 2**20) == "64.0 MiB"
+    assert tl.format_count(8564) == "8564" and tl.format_count(2_101_760) == "2.10 M"
+
+
+class _Gate(AttentionModule):
+    """A stand-in attention module: gates channels by the sigmoid of their means."""
+
+    def forward(self, x, return_attention=False):
+        gate = torch.sigmoid(x.mean(dim=(2, 3), keepdim=True))
+        maps = {"channel": gate}
+        self._record(maps)
+        return (x * gate, maps) if return_attention else x * gate
+
+
+def test_capture_attention_collects_maps_by_module_name_and_cleans_up():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), _Gate(), nn.Conv2d(4, 4, 1), _Gate())
+    x = torch.randn(2, 3, 5, 5)
+    with tl.capture_attention(net) as maps:
+        net(x)
+    assert set(maps) == {"1", "3"} and maps["1"]["channel"].shape == (2, 4, 1, 1)
+    assert not maps["1"]["channel"].requires_grad
+    assert not net[1].capturing
+    with tl.capture_attention(net[1]) as own:
+        net[1](torch.randn(1, 4, 2, 2))
+    assert set(own) == {""}
+    with pytest.raises(ValueError, match="capture_attention: expected a model containing"):
+        with tl.capture_attention(nn.Linear(2, 2)):
+            pass
+
+
+def test_plots_have_titles_and_labelled_axes():
+    imgs = torch.rand(5, 3, 16, 16)
+    figs = [
+        tl.show_images(imgs, title="t1", titles=list("abcde"), ncols=3),
+        tl.show_images(imgs[:, 0], title="t2", masks=imgs[:, 0] > 0.5, vmin=0, vmax=1),
+        tl.show_attention(imgs, torch.rand(5, 4, 4), title="t3", masks=imgs[:, 0] > 0.5),
+    ]
+    for fig, title in zip(figs, ["t1", "t2", "t3"]):
+        assert fig._suptitle.get_text() == title
+        assert fig._supxlabel.get_text() and fig._supylabel.get_text()
+    fig = tl.plot_curves([1, 2, 3], {"a": [1, 2, 3], "b": [3, 2, 1]}, title="c", xlabel="x", ylabel="y", logy=True)
+    ax = fig.axes[0]
+    assert ax.get_title() == "c" and ax.get_xlabel() == "x" and ax.get_ylabel() == "y"
+    with pytest.raises(ValueError, match="one map per image"):
+        tl.show_attention(imgs, torch.rand(4, 4, 4))
+    plt.close("all")
+
+
+def test_setup_notebook_fixes_seed_threads_and_print_options():
+    tl.setup_notebook(seed=3, threads=1)
+    a = torch.rand(3)
+    tl.setup_notebook(seed=3, threads=2)
+    assert torch.equal(a, torch.rand(3))
+    assert torch.get_num_threads() == 2
+    assert str(torch.tensor([1.23456])) == "tensor([1.235])"
