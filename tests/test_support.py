@@ -60,6 +60,21 @@ def test_count_parameters_and_flops_against_closed_forms():
     assert tl.count_flops(lin, torch.zeros(2, 4, requires_grad=True), backward=True) > 48
 
 
+def test_count_flops_counts_scaled_dot_product_attention_like_the_explicit_form():
+    q, k, v = torch.randn(2, 1, 60, 16), torch.randn(2, 1, 30, 16), torch.randn(2, 1, 30, 8)
+
+    def fused(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def explicit(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+
+    expected = 2 * 2 * 60 * 30 * (16 + 8)                                   # two matrix products
+    assert tl.count_flops(fused, q, k, v) == tl.count_flops(explicit, q, k, v) == expected
+    grads = [t.clone().requires_grad_() for t in (q, k, v)]
+    assert tl.count_flops(fused, *grads, backward=True) == tl.count_flops(explicit, *grads, backward=True)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory is measured on Linux only")
 def test_peak_memory_sees_a_temporary_allocation():
     def make_and_drop():

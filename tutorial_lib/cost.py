@@ -2,9 +2,11 @@
 
 * ``count_parameters`` is exact.
 * ``count_flops`` uses torch's own ``torch.utils.flop_counter.FlopCounterMode``: it counts
-  matrix products and convolutions (including scaled_dot_product_attention) as 2 FLOPs per
-  multiply-add, and ignores element-wise work (activations, softmax, pooling, BN). It is exact
-  and machine-independent, so it can be printed as stable text.
+  matrix products and convolutions as 2 FLOPs per multiply-add, and ignores element-wise work
+  (activations, softmax, pooling, BN). It is exact and machine-independent, so it can be
+  printed as stable text. ``scaled_dot_product_attention`` is counted on every device: torch's
+  table covers the GPU kernels, and this module adds the same formula for the CPU kernel,
+  which the table lacks (without it, attention on a CPU would count as free).
 * ``measure_latency`` and ``peak_memory`` vary from run to run and machine to machine: print
   them only in cells whose output nbval ignores, or in benchmark scripts.
 
@@ -27,6 +29,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+try:  # the formulas torch uses for its GPU attention kernels, applied to the CPU kernel too
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+except ImportError:  # pragma: no cover - an older torch: count what torch counts
+    sdpa_flop_count = sdpa_backward_flop_count = None
+
 __all__ = ["count_parameters", "count_flops", "measure_latency", "peak_memory", "format_bytes",
            "format_count"]
 
@@ -36,12 +43,27 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def _extra_flop_formulas() -> dict:
+    aten = torch.ops.aten
+    if sdpa_flop_count is None or not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return {}
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
 def count_flops(fn: Callable[..., Any] | nn.Module, *args: Any, backward: bool = False, **kwargs: Any) -> int:
     """FLOPs of one call ``fn(*args, **kwargs)`` (a module or any function) as torch counts them.
 
     With ``backward=True`` the backward pass of ``output.sum()`` is counted too.
     """
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
         if backward:
             out = fn(*args, **kwargs)
             out = out[0] if isinstance(out, tuple) else out
