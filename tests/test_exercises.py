@@ -76,6 +76,7 @@ def test_student_copies_of_the_committed_notebooks():
         assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
         text = "\n".join("".join(c["source"]) for c in code)
         assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
-        n_solutions = sum("".join(c["source"]).count("# BEGIN SOLUTION") for c in nb["cells"])
+        n_solutions = sum("".join(c["source"]).count("# BEGIN SOLUTION") for c in nb["cells"]
+                          if c["cell_type"] == "code")
         assert text.count("# YOUR CODE HERE") == n_solutions
         assert nb["cells"][0]["source"] == copy["cells"][0]["source"]   # the original is untouched

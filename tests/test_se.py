@@ -1,0 +1,268 @@
+"""SqueezeExcitation against the paper's equations (Hu, Shen, Sun, CVPR 2018).
+
+The reference versions below are written from the equations, with Python loops or plain
+torch matrix products, never with the module's own code path (which uses 1x1 convolutions
+and einops).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import tutorial_lib as tl
+from tutorial_lib.exercises import check, passes
+
+
+def randomise(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
+    """Give every parameter (biases included) random values, so no term can hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def weights(se: tl.SqueezeExcitation):
+    """(W1 (d, c), b1 (d,), W2 (c, d), b2 (c,)) as plain tensors; zero biases if bias=False."""
+    w1 = se.fc1.weight.detach()[:, :, 0, 0]
+    w2 = se.fc2.weight.detach()[:, :, 0, 0]
+    b1 = se.fc1.bias.detach() if se.fc1.bias is not None else torch.zeros(w1.shape[0])
+    b2 = se.fc2.bias.detach() if se.fc2.bias is not None else torch.zeros(w2.shape[0])
+    return w1, b1, w2, b2
+
+
+def se_loops(x: torch.Tensor, w1, b1, w2, b2):
+    """The three equations with Python loops over plain floats: output and gates."""
+    xs, w1, b1, w2, b2 = (t.double().tolist() for t in (x, w1, b1, w2, b2))
+    B, C, H, W = x.shape
+    D = len(b1)
+    out = [[[[0.0] * W for _ in range(H)] for _ in range(C)] for _ in range(B)]
+    gates = [[0.0] * C for _ in range(B)]
+    for b in range(B):
+        z = [sum(xs[b][c][i][j] for i in range(H) for j in range(W)) / (H * W) for c in range(C)]
+        hidden = [max(0.0, sum(w1[d][c] * z[c] for c in range(C)) + b1[d]) for d in range(D)]
+        for c in range(C):
+            s = 1.0 / (1.0 + math.exp(-(sum(w2[c][d] * hidden[d] for d in range(D)) + b2[c])))
+            gates[b][c] = s
+            for i in range(H):
+                for j in range(W):
+                    out[b][c][i][j] = s * xs[b][c][i][j]
+    return torch.tensor(out, dtype=torch.float64), torch.tensor(gates, dtype=torch.float64)
+
+
+def se_matrix(x: torch.Tensor, w1, b1, w2, b2):
+    """The same equations with plain torch matrix products (for larger inputs)."""
+    z = x.mean(dim=(2, 3))
+    s = torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+    return x * s[:, :, None, None], s
+
+
+# --- against the equations ------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_loops_from_the_equations(bias):
+    se = randomise(tl.SqueezeExcitation(8, reduction=2, bias=bias), seed=1).double()
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    out, maps = se(x, return_attention=True)
+    expected, gates = se_loops(x, *weights(se))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(maps["channel"], gates[:, :, None, None])
+
+
+def test_matches_matrix_form_on_larger_input():
+    se = randomise(tl.SqueezeExcitation(64, reduction=4), seed=2, std=0.2)
+    x = torch.randn(3, 64, 9, 11)
+    expected, _ = se_matrix(x, *weights(se))
+    torch.testing.assert_close(se(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gate_of_spatially_constant_channels_by_hand():
+    # If every channel is constant, the squeeze is that constant: the gate can be
+    # computed by hand from the equation.
+    se = randomise(tl.SqueezeExcitation(4, reduction=2), seed=3).double()
+    z = torch.tensor([[0.5, -1.0, 2.0, 0.0]], dtype=torch.float64)
+    x = z[:, :, None, None].expand(1, 4, 6, 7).contiguous()
+    w1, b1, w2, b2 = weights(se)
+    hidden = torch.clamp(w1 @ z[0] + b1, min=0)
+    s = 1 / (1 + torch.exp(-(w2 @ hidden + b2)))
+    _, maps = se(x, return_attention=True)
+    torch.testing.assert_close(maps["channel"][0, :, 0, 0], s)
+
+
+# --- closed forms and known values ----------------------------------------------------------
+
+def test_parameter_counts_closed_form():
+    assert tl.count_parameters(tl.SqueezeExcitation(256, 16)) == 8_464
+    assert tl.count_parameters(tl.SqueezeExcitation(256, 16, bias=False)) == 2 * 256 * 16
+    for c, r in [(64, 16), (100, 16), (7, 3), (5, 5)]:
+        d = c // r
+        assert tl.count_parameters(tl.SqueezeExcitation(c, r)) == 2 * c * d + d + c
+
+
+def test_se_resnet50_extra_parameters():
+    # One SE per bottleneck: 3, 4, 6, 3 blocks with 256, 512, 1024, 2048 output channels.
+    stages = [(3, 256), (4, 512), (6, 1024), (3, 2048)]
+    with_bias = sum(n * tl.count_parameters(tl.SqueezeExcitation(c)) for n, c in stages)
+    without = sum(n * tl.count_parameters(tl.SqueezeExcitation(c, bias=False)) for n, c in stages)
+    assert with_bias == 2_530_992
+    assert without == 2_514_944 == sum(2 * n * c * c // 16 for n, c in stages)
+
+
+def test_hidden_width_is_floor_division():
+    assert tl.SqueezeExcitation(100, 16).hidden_channels == 6
+    assert tl.SqueezeExcitation(16, 16).hidden_channels == 1
+
+
+def test_all_zero_parameters_halve_the_input():
+    se = tl.SqueezeExcitation(32, 8)
+    with torch.no_grad():
+        for p in se.parameters():
+            p.zero_()
+    x = torch.randn(2, 32, 4, 6)
+    out, maps = se(x, return_attention=True)
+    torch.testing.assert_close(out, 0.5 * x)
+    torch.testing.assert_close(maps["channel"], torch.full((2, 32, 1, 1), 0.5))
+
+
+# --- invariances ----------------------------------------------------------------------------
+
+def test_gate_ignores_a_permutation_of_positions():
+    se = randomise(tl.SqueezeExcitation(16, 4), seed=4)
+    x = torch.randn(2, 16, 5, 6)
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    shuffled = x.flatten(2)[:, :, perm].reshape(2, 16, 5, 6)
+    out, maps = se(x, return_attention=True)
+    out_s, maps_s = se(shuffled, return_attention=True)
+    torch.testing.assert_close(maps_s["channel"], maps["channel"])
+    torch.testing.assert_close(out_s, out.flatten(2)[:, :, perm].reshape(2, 16, 5, 6))
+
+
+def test_samples_are_independent():
+    se = randomise(tl.SqueezeExcitation(16, 4), seed=5).eval()
+    x = torch.randn(4, 16, 5, 5)
+    whole = se(x)
+    for i in range(4):
+        torch.testing.assert_close(se(x[i:i + 1]), whole[i:i + 1])
+    other = x.clone()
+    other[1:] = torch.randn(3, 16, 5, 5)
+    torch.testing.assert_close(se(other)[0], whole[0])
+
+
+# --- gradients, sizes, dtypes -----------------------------------------------------------------
+
+def test_gradcheck_float64():
+    se = randomise(tl.SqueezeExcitation(6, 3), seed=6).double()
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: se(t), (x,))
+    params = tuple(se.parameters())
+    assert torch.autograd.gradcheck(lambda *p: torch.func.functional_call(
+        se, dict(zip([n for n, _ in se.named_parameters()], p)), (x.detach(),)), params)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (1, 8, 3, 7), (5, 8, 7, 2), (2, 8, 1, 9)])
+def test_odd_sizes(shape):
+    se = randomise(tl.SqueezeExcitation(8, 4), seed=7)
+    x = torch.randn(*shape)
+    out, maps = se(x, return_attention=True)
+    expected, gates = se_matrix(x, *weights(se))
+    assert out.shape == x.shape and maps["channel"].shape == (shape[0], 8, 1, 1)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_follows_the_input_dtype(dtype):
+    se = randomise(tl.SqueezeExcitation(8, 2), seed=8).to(dtype)
+    x = torch.randn(2, 8, 4, 4).to(dtype)
+    out, maps = se(x, return_attention=True)
+    assert out.dtype == dtype and maps["channel"].dtype == dtype
+    expected, _ = se_matrix(x.double(), *(w.double() for w in weights(se)))
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-7
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+def test_capture_attention_inside_a_network():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), tl.SqueezeExcitation(8, 2), nn.ReLU())
+    x = torch.randn(2, 3, 5, 5)
+    with tl.capture_attention(net) as maps:
+        out = net(x)
+    assert list(maps) == ["1"]
+    _, direct = net[1](net[0](x), return_attention=True)
+    torch.testing.assert_close(maps["1"]["channel"], direct["channel"])
+    torch.testing.assert_close(out, net(x))
+    assert not net[1].capturing
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def test_bad_hyper_parameters():
+    with pytest.raises(ValueError, match=r"SqueezeExcitation: expected reduction <= channels \(8\)"):
+        tl.SqueezeExcitation(8, reduction=16)
+    with pytest.raises(ValueError, match="SqueezeExcitation: expected reduction >= 1, but got 0"):
+        tl.SqueezeExcitation(8, reduction=0)
+    with pytest.raises(ValueError, match="SqueezeExcitation: expected channels >= 1"):
+        tl.SqueezeExcitation(0)
+    with pytest.raises(TypeError, match="SqueezeExcitation: expected channels to be an integer"):
+        tl.SqueezeExcitation(8.0)
+    with pytest.raises(TypeError, match="SqueezeExcitation: expected bias to be True or False"):
+        tl.SqueezeExcitation(8, 2, bias=1)
+
+
+def test_bad_inputs():
+    se = tl.SqueezeExcitation(8, 2)
+    with pytest.raises(ValueError, match=r"SqueezeExcitation: expected a 4-D input \(B, C, H, W\), "
+                                         r"but got a 3-D tensor"):
+        se(torch.randn(8, 4, 4))
+    with pytest.raises(ValueError, match="SqueezeExcitation: was built for 8 channels, but got an "
+                                         "input with 6 channels"):
+        se(torch.randn(1, 6, 4, 4))
+    with pytest.raises(TypeError, match="SqueezeExcitation: expected a floating-point input"):
+        se(torch.ones(1, 8, 4, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="SqueezeExcitation: expected the input to be a torch.Tensor"):
+        se([[1.0]])
+    with pytest.raises(ValueError, match="SqueezeExcitation: expected a non-empty input"):
+        se(torch.randn(1, 8, 0, 4))
+
+
+# --- exercises of notebook 01 ------------------------------------------------------------------
+
+def test_exercise_checkers_accept_solutions_and_reject_mistakes():
+    from einops import reduce
+
+    def squeeze(x):
+        return reduce(x, "b c h w -> b c", "mean")
+
+    def squeeze_sum(x):
+        return reduce(x, "b c h w -> b c", "sum")
+
+    assert passes("01.1", squeeze) is True
+    assert passes("01.1", squeeze_sum) is False
+    assert passes("01.1", lambda x: reduce(x, "b c h w -> b h w", "mean")) is False
+
+    def excite(z, w1, b1, w2, b2):
+        return torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+
+    assert passes("01.2", excite) is True
+    assert passes("01.2", lambda z, w1, b1, w2, b2: torch.relu(torch.sigmoid(z @ w1.T + b1) @ w2.T + b2)) is False
+    assert passes("01.2", lambda z, w1, b1, w2, b2: torch.sigmoid(torch.relu(z @ w1.T) @ w2.T)) is False
+
+    def se_block(branch, shortcut, se):
+        return torch.relu(se(branch) + shortcut)
+
+    assert passes("01.3", se_block) is True
+    assert passes("01.3", lambda branch, shortcut, se: torch.relu(se(branch + shortcut))) is False
+    assert passes("01.3", lambda branch, shortcut, se: se(branch) + shortcut) is False
+
+    def extra(stages, reduction=16):
+        return sum(n * (2 * c * (c // reduction) + c // reduction + c) for n, c in stages)
+
+    assert passes("01.4", extra) is True
+    assert passes("01.4", lambda stages, reduction=16: sum(2 * n * c * c // reduction for n, c in stages)) is False
+
+
+def test_check_prints_the_verdict_and_the_hint(capsys):
+    check("01.1", lambda x: x.sum(dim=(2, 3)))
+    out = capsys.readouterr().out
+    assert out.startswith("✗ [01.1]") and "Hint: reduce(x, 'b c h w -> b c', 'mean')" in out
