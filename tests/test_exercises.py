@@ -80,3 +80,5 @@ def test_student_copies_of_the_committed_notebooks():
                           if c["cell_type"] == "code")
         assert text.count("# YOUR CODE HERE") == n_solutions
         assert nb["cells"][0]["source"] == copy["cells"][0]["source"]   # the original is untouched
+        for cell in code:                                                # every cell still parses
+            compile("".join(cell["source"]), f"{path.name} (student copy)", "exec")
