@@ -53,12 +53,14 @@ test-notebooks: setup
 	$(BIN)/python -m pytest notebooks
 
 notebook: setup
+	@test -n "$(NB)" || { echo "say which notebook, e.g. make notebook NB=02"; exit 2; }
 	$(BIN)/python -m pytest notebooks/$(NB)_*.ipynb
 
 student: setup
 	$(BIN)/python -m tutorial_lib.exercises.student notebooks student
 
 execute: setup
+	@test -n "$(NB)" || { echo "say which notebook, e.g. make execute NB=02"; exit 2; }
 	$(BIN)/python -m tutorial_lib.execute notebooks/$(NB)_*.ipynb
 
 bench: setup
