@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "Installing tutorial_lib and the course tools into $(VENV) (first time: about a minute)..."
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[course]" 2>&1 \
 		| grep -v -E "^WARNING: Location .* is ignored" || true
-	@$(BIN)/python -c "import tutorial_lib, torch, nbval, jupyterlab" \
+	@$(BIN)/python -c "import tutorial_lib, torch, nbval, jupyterlab, matplotlib.pyplot" \
 		|| { echo "set-up failed: see the pip output above"; exit 1; }
 	@touch $(STAMP)
 
