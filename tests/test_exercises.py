@@ -1,5 +1,6 @@
 """Exercise checkers accept the solutions and reject wrong answers; student copies strip solutions."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_every_notebook_with_exercises_has_registered_checkers():
     ids = {e.id for e in list_exercises()}
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         src = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
-        for used in set(__import__("re").findall(r'check\("(\d\d\.\d+)"', src)):
+        for used in set(re.findall(r'check\("(\d\d\.\d+)"', src)):
             assert used in ids, f"{path.name} calls check({used!r}), which is not registered"
 
 
