@@ -5,6 +5,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
+# TORCH_CPU=1: take torch from PyTorch's CPU-only wheel index (about 0.7 GB of torch instead of
+# the several GB of CUDA libraries that a Linux machine otherwise downloads from PyPI).
+TORCH_CPU ?=
+TORCH_INDEX := $(if $(TORCH_CPU),--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+# FORCE=1: let `make student` overwrite student copies that exist already.
+FORCE ?=
 PORT ?= 8888
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -23,21 +29,23 @@ help:
 	@echo "make test-unit      unit tests only"
 	@echo "make test-notebooks strict nbval on every notebook"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
-	@echo "make student        student copies of the notebooks in student/ (solutions removed)"
+	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
 	@echo "make execute NB=01  re-execute one notebook in place (for authors)"
-	@echo "make bench          run the benchmark scripts"
+	@echo "make bench          run every benchmark script in benchmarks/ (minutes; run on a quiet machine)"
 	@echo "make clean          remove the virtual environment and generated files"
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) jupyter/overrides.json
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing tutorial_lib and the course tools into $(VENV) (first time: about a minute)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[course]" 2>&1 \
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) -c $(CONSTRAINTS) -e ".[course]" 2>&1 \
 		| grep -v -E "^WARNING: Location .* is ignored" || true
 	@$(BIN)/python -c "import tutorial_lib, torch, nbval, jupyterlab, matplotlib.pyplot" \
 		|| { echo "set-up failed: see the pip output above"; exit 1; }
+	@# JupyterLab settings for this environment only (not the user's home): no news feed, no update check.
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 
 lab: setup
@@ -57,14 +65,14 @@ notebook: setup
 	$(BIN)/python -m pytest notebooks/$(NB)_*.ipynb
 
 student: setup
-	$(BIN)/python -m tutorial_lib.exercises.student notebooks student
+	$(BIN)/python -m tutorial_lib.exercises.student notebooks student $(if $(FORCE),--force)
 
 execute: setup
 	@test -n "$(NB)" || { echo "say which notebook, e.g. make execute NB=02"; exit 2; }
 	$(BIN)/python -m tutorial_lib.execute notebooks/$(NB)_*.ipynb
 
 bench: setup
-	$(BIN)/python benchmarks/bench_non_local.py
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) student .pytest_cache

@@ -1,7 +1,5 @@
-"""Shared test set-up: quiet OpenMP waiting before torch loads, a fixed thread count."""
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+"""Shared test set-up: tutorial_lib's process settings before torch loads, a fixed thread count."""
+import tutorial_lib  # noqa: F401  (first: quiet OpenMP waiting, one instruction set; see tutorial_lib/_environment.py)
 
 import matplotlib  # noqa: E402
 

@@ -8,7 +8,9 @@ import torch
 from einops import einsum, rearrange, reduce
 
 from tutorial_lib.exercises import check, list_exercises, passes, verdict
-from tutorial_lib.exercises.student import strip_solutions, student_copy
+from tutorial_lib.exercises.core import expect_prediction
+from tutorial_lib.exercises.student import main as student_main
+from tutorial_lib.exercises.student import strip_solutions, student_copy, write_student_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +85,53 @@ def test_student_copies_of_the_committed_notebooks():
         assert nb["cells"][0]["source"] == copy["cells"][0]["source"]   # the original is untouched
         for cell in code:                                                # every cell still parses
             compile("".join(cell["source"]), f"{path.name} (student copy)", "exec")
+
+
+def test_top_level_solutions_become_ellipsis_placeholders_that_run():
+    src = "# predict, then run\n# BEGIN SOLUTION\nprediction = 0.5 ** 16\nlow, high = 1, 2\n# END SOLUTION\ncheck('00.1', prediction)\n"
+    out = strip_solutions(src)
+    assert "0.5 ** 16" not in out and "prediction = ...\nlow = ...\nhigh = ...\n" in out
+    namespace = {"check": lambda *a: None}
+    exec(compile(out, "cell", "exec"), namespace)          # "Run all" goes on past the cell
+    assert namespace["prediction"] is Ellipsis
+    with pytest.raises(ValueError, match="assigns no name"):
+        strip_solutions("# BEGIN SOLUTION\nprint(1)\n# END SOLUTION\n")
+
+
+def test_an_ellipsis_answer_is_not_done_for_every_checker():
+    for ex in list_exercises():
+        for placeholder in (..., (..., 1), {"a": ...}):
+            ok, line = verdict(ex.id, placeholder)
+            assert not ok and "not done yet" in line, ex.id
+
+
+def test_expect_prediction_compares_with_a_tolerance():
+    expect_prediction(0.105, 0.1, "p")
+    expect_prediction(3, 3.2, "p", abs_=0.5)
+    with pytest.raises(AssertionError, match="you predicted 0.2, the measured value is 0.1"):
+        expect_prediction(0.2, 0.1, "p")
+    with pytest.raises(AssertionError, match="single number"):
+        expect_prediction("0.1", 0.1, "p")
+    with pytest.raises(AssertionError, match="single number"):
+        expect_prediction(True, 1.0, "p")
+
+
+def test_student_copies_never_overwrite_work_unless_forced(tmp_path, capsys):
+    source, target = tmp_path / "nb", tmp_path / "student"
+    source.mkdir()
+    nb = {"cells": [{"cell_type": "code", "source": "def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n",
+                     "outputs": [], "execution_count": 1, "metadata": {}}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    for name in ("00_a.ipynb", "01_b.ipynb"):
+        (source / name).write_text(json.dumps(nb))
+    assert write_student_copies(source, target) == {"written": ["00_a.ipynb", "01_b.ipynb"], "replaced": [], "skipped": []}
+    (target / "00_a.ipynb").write_text("my work")
+    assert student_main([str(source), str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 student notebook(s)" in out and "00_a.ipynb, 01_b.ipynb" in out and "--force" in out
+    assert (target / "00_a.ipynb").read_text() == "my work"
+    assert student_main([str(source), str(target), "--force"]) == 0
+    assert "replaced 2 existing" in capsys.readouterr().out
+    assert "YOUR CODE HERE" in (target / "00_a.ipynb").read_text()
+    with pytest.raises(FileNotFoundError, match="expected notebooks"):
+        write_student_copies(tmp_path / "empty", target)

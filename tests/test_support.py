@@ -30,6 +30,72 @@ def test_fit_is_deterministic_for_a_seed(capsys):
     assert lines[0].startswith("epoch 1/2  loss ") and "val acc" in lines[0] and len(lines) == 4
 
 
+def test_fit_takes_another_loss_and_metric_for_multi_label_targets(capsys):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, 8, 8, generator=g)
+    targets = torch.stack([x[:, 0].mean(dim=(1, 2)) > 0, x[:, 1].mean(dim=(1, 2)) > 0], dim=1).float()
+    data = torch.utils.data.TensorDataset(x, targets)
+
+    def exact_match(logits, y):
+        return ((logits > 0) == (y > 0.5)).all(dim=1).float().mean().item()
+
+    torch.manual_seed(0)
+    net = _tiny_net(channels=2, classes=2)
+    h = tl.fit(net, data, val=data, epochs=6, lr=1e-2, progress=False, seed=0,
+               loss=torch.nn.functional.binary_cross_entropy_with_logits, metric=exact_match, metric_name="exact")
+    assert h.metric_name == "exact" and h.train_loss[-1] < h.train_loss[0]
+    assert "val exact" in capsys.readouterr().out.splitlines()[-1]
+    result = tl.evaluate(net, data, loss=torch.nn.functional.binary_cross_entropy_with_logits, metric=exact_match,
+                         metric_name="exact")
+    assert set(result) == {"loss", "exact"} and result["exact"] == h.final_val > 0.5
+
+
+def test_fit_slices_tensor_data_sets_and_uses_a_data_loader_otherwise():
+    data = tl.objects_on_clutter(96, seed=0)
+
+    class Wrapped(torch.utils.data.Dataset):              # not a pair of tensors: the DataLoader path
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data[i]
+
+    for train in (data, Wrapped()):
+        torch.manual_seed(0)
+        net = _tiny_net()
+        h = tl.fit(net, train, epochs=1, batch_size=40, progress=False, verbose=False)
+        assert len(h.train_loss) == 1 and 0 <= h.train_accuracy[0] <= 1
+
+
+def test_mean_spread_over_seeds():
+    assert tl.mean_spread([0.9]) == (0.9, 0.0)
+    mean, spread = tl.mean_spread([0.9, 1.0, 0.8])
+    assert abs(mean - 0.9) < 1e-12 and abs(spread - 0.1) < 1e-12
+    assert tl.format_mean_spread([0.9, 1.0, 0.8]) == "0.900 ± 0.100 (3 seeds)"
+    assert tl.format_mean_spread([0.9, 1.0, 0.8], percent=True) == "90.0 ± 10.0 % (3 seeds)"
+    assert tl.format_mean_spread([-0.0001], digits=2) == "0.00 ± 0.00 (1 seed)"
+    with pytest.raises(ValueError, match="at least one value"):
+        tl.mean_spread([])
+
+
+def test_importing_the_package_does_not_load_the_plotting_stack():
+    import subprocess
+    code = ("import sys, tutorial_lib as tl; tl.CBAM(32); assert 'matplotlib' not in sys.modules; "
+            "tl.show_images; assert 'matplotlib' in sys.modules; assert 'fit' in dir(tl)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_environment_asks_for_one_instruction_set_before_torch_loads():
+    import subprocess
+    code = ("import os, sys, tutorial_lib, torch; from tutorial_lib._environment import has_avx2; "
+            "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'; "
+            "cap = torch.backends.cpu.get_cpu_capability(); "
+            "assert (cap == 'AVX2') if has_avx2() else ('ATEN_CPU_CAPABILITY' not in os.environ), cap")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
 def test_fit_learns_an_easy_task_and_evaluate_agrees():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 2, 8, 8, generator=g)
@@ -124,13 +190,18 @@ def test_plots_have_titles_and_labelled_axes():
         tl.show_images(imgs, title="t1", titles=list("abcde"), ncols=3),
         tl.show_images(imgs[:, 0], title="t2", masks=imgs[:, 0] > 0.5, vmin=0, vmax=1),
         tl.show_attention(imgs, torch.rand(5, 4, 4), title="t3", masks=imgs[:, 0] > 0.5),
+        tl.show_attention(imgs, torch.rand(5, 4, 4), title="t4", value_range=(0, 1)),
     ]
-    for fig, title in zip(figs, ["t1", "t2", "t3"]):
+    for fig, title in zip(figs, ["t1", "t2", "t3", "t4"]):
         assert fig._suptitle.get_text() == title
         assert fig._supxlabel.get_text() and fig._supylabel.get_text()
     fig = tl.plot_curves([1, 2, 3], {"a": [1, 2, 3], "b": [3, 2, 1]}, title="c", xlabel="x", ylabel="y", logy=True)
     ax = fig.axes[0]
     assert ax.get_title() == "c" and ax.get_xlabel() == "x" and ax.get_ylabel() == "y"
+    assert figs[2].axes[-1].get_ylabel() == "attention (scaled per image)"
+    assert figs[3].axes[-1].get_ylabel() == "gate value" and figs[3].axes[-1].get_ylim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="low < high"):
+        tl.show_attention(imgs, torch.rand(5, 4, 4), value_range=(1, 0))
     with pytest.raises(ValueError, match="one map per image"):
         tl.show_attention(imgs, torch.rand(4, 4, 4))
     plt.close("all")

@@ -9,12 +9,15 @@ Mechanisms (one file each, one notebook each):
 Support: checks (shape checks, clear errors), data (offline synthetic data with ground
 truth), training (fit / evaluate), plotting, cost (parameters, FLOPs, latency, memory),
 notebook (set-up), capture (attention maps without hooks), exercises (checkers).
-"""
-import os as _os
 
-# Must happen before torch is imported: OpenMP's busy-waiting makes torch several times
-# slower when the 2 cores of a laptop or CI machine are shared with another process.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+Importing the package loads torch, einops and numpy only: the plotting stack (matplotlib)
+and the training loop load on first use of one of their names (``tl.show_images``,
+``tl.fit``, ...), so a program that only wants a module does not pay for them.
+"""
+from . import _environment
+
+# Before torch is imported: quiet OpenMP waiting, one instruction set for reproducible digits.
+_environment.prepare()
 
 from .capture import AttentionModule, capture_attention  # noqa: E402
 from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa: E402
@@ -23,8 +26,6 @@ from .cost import (count_flops, count_parameters, format_bytes, format_count,  #
 from .data import (FEATURE_NAMES, LabelledImages, attention_on_mask, channel_signal, handmade_features,  # noqa: E402
                    objects_on_clutter, sample_image)
 from .notebook import setup_notebook  # noqa: E402
-from .plotting import plot_curves, show_attention, show_images  # noqa: E402
-from .training import History, evaluate, fit  # noqa: E402
 # mechanisms
 from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
@@ -32,6 +33,13 @@ from .non_local import NonLocalBlock  # noqa: E402
 # (end of mechanisms)
 
 __version__ = "0.1.0"
+
+# Support names whose modules load on first use (PEP 562): name -> submodule.
+_LAZY = {
+    "plot_curves": "plotting", "show_attention": "plotting", "show_images": "plotting",
+    "History": "training", "evaluate": "training", "fit": "training", "mean_spread": "training",
+    "format_mean_spread": "training",
+}
 
 __all__ = [
     # mechanisms
@@ -46,6 +54,19 @@ __all__ = [
     "FEATURE_NAMES", "LabelledImages", "attention_on_mask", "channel_signal", "handmade_features",
     "objects_on_clutter", "sample_image",
     "setup_notebook",
-    "plot_curves", "show_attention", "show_images",
-    "History", "evaluate", "fit",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'tutorial_lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

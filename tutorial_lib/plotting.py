@@ -80,12 +80,17 @@ def show_images(images: torch.Tensor | Sequence[torch.Tensor], *, titles: Sequen
 
 def show_attention(images: torch.Tensor, attention: torch.Tensor, *, titles: Sequence[str] | None = None,
                    title: str = "Attention", ncols: int = 6, alpha: float = 0.55, cmap: str = "inferno",
-                   masks: torch.Tensor | None = None, scale: float = 1.9):
+                   masks: torch.Tensor | None = None, scale: float = 1.9,
+                   value_range: tuple[float, float] | None = None, label: str | None = None):
     """Attention maps laid over their images.
 
     ``images`` (N, 3, H, W) or (N, H, W); ``attention`` (N, h, w) or (N, 1, h, w) at any
-    resolution, resized bilinearly to (H, W) and scaled to [0, 1] per image for display.
-    ``masks`` (N, H, W), if given, is outlined in cyan (the ground truth).
+    resolution, resized bilinearly to (H, W). By default each map is stretched to its own
+    [min, max] for display (the colour bar then reads "scaled per image"): good for where a
+    softmax distribution looks, misleading for gates. Gates in (0, 1) should be drawn on
+    their absolute scale: ``value_range=(0, 1)`` fixes one colour scale for every map, and
+    ``label`` names the colour bar (default "gate value" with a range, else "attention
+    (scaled per image)"). ``masks`` (N, H, W), if given, is outlined in cyan (the ground truth).
     """
     if attention.dim() == 4:
         attention = attention[:, 0]
@@ -95,20 +100,28 @@ def show_attention(images: torch.Tensor, attention: torch.Tensor, *, titles: Seq
     size = images.shape[-2:]
     up = torch.nn.functional.interpolate(attention[:, None].detach().float().cpu(), size=size,
                                          mode="bilinear", align_corners=False)[:, 0]
-    lo = up.flatten(1).min(1).values[:, None, None]
-    hi = up.flatten(1).max(1).values[:, None, None]
-    up = (up - lo) / (hi - lo).clamp_min(1e-12)
+    if value_range is None:
+        lo = up.flatten(1).min(1).values[:, None, None]
+        hi = up.flatten(1).max(1).values[:, None, None]
+        up = (up - lo) / (hi - lo).clamp_min(1e-12)
+        vmin, vmax = 0.0, 1.0
+        label = label or "attention (scaled per image)"
+    else:
+        vmin, vmax = (float(v) for v in value_range)
+        if not vmin < vmax:
+            raise ValueError(f"show_attention: expected value_range (low, high) with low < high, but got {value_range}")
+        label = label or "gate value"
     fig, axes = _grid(n, ncols, scale)
     for i, ax in enumerate(axes.flat[:n]):
         arr = to_numpy_image(images[i])
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None)
-        im = ax.imshow(up[i].numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        im = ax.imshow(up[i].numpy(), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
         if masks is not None:
             ax.contour(masks[i].float().numpy(), levels=[0.5], colors="cyan", linewidths=1.0)
         if titles is not None:
             ax.set_title(titles[i], fontsize="small")
     fig = _finish(fig, axes, n, title, "width (pixels)", "height (pixels)")
-    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="attention (scaled per image)")
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label=label)
     return fig
 
 

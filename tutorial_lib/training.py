@@ -1,32 +1,66 @@
-"""A small, deterministic training loop: ``fit`` and ``evaluate``.
+"""A small, deterministic training loop: ``fit`` and ``evaluate``, and a summary over seeds.
 
 Made for notebooks under strict nbval: the live progress bar is a Jupyter widget (nbval does
 not compare widgets; its text form is constant), and the only printed text is one line per
 epoch with rounded numbers, which is the same on every run with the same seed and thread
 count.
+
+Single-label classification (cross-entropy, accuracy) is the default. Other tasks pass their
+own ``loss`` (for example ``torch.nn.functional.binary_cross_entropy_with_logits`` for
+multi-label targets) and ``metric`` (a function of all logits and all targets of a data set,
+for example mean average precision), with the metric's short name for the printed lines.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["History", "fit", "evaluate"]
+__all__ = ["History", "fit", "evaluate", "accuracy", "mean_spread", "format_mean_spread"]
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of samples whose highest logit is the target class."""
+    return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
 @dataclass
 class History:
-    """Per-epoch training loss and accuracies recorded by ``fit``."""
+    """Per-epoch training loss and metrics recorded by ``fit``.
 
+    ``metric_name`` is ``"acc"`` for the default accuracy. ``train_metric`` is the metric of
+    the training batches as they were seen during the epoch (the model changing on the way);
+    ``val_metric`` is measured on ``val`` after the epoch, in eval mode.
+    """
+
+    metric_name: str = "acc"
     train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    train_metric: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+
+    @property
+    def train_accuracy(self) -> list[float]:
+        return self.train_metric
+
+    @property
+    def val_accuracy(self) -> list[float]:
+        return self.val_metric
+
+    @property
+    def final_val(self) -> float | None:
+        """The validation metric after the last epoch (None without validation data)."""
+        return self.val_metric[-1] if self.val_metric else None
 
     @property
     def final_val_accuracy(self) -> float | None:
-        return self.val_accuracy[-1] if self.val_accuracy else None
+        return self.final_val
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -38,70 +72,119 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode, no grad).
+def _tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (inputs, targets) tensors behind a data set, when it is a plain pair of tensors."""
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        return data.tensors[0], data.tensors[1]
+    images, labels = getattr(data, "images", None), getattr(data, "targets", None)
+    if labels is None:
+        labels = getattr(data, "labels", None)
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        return images, labels
+    return None
 
-    The model's train/eval mode is restored afterwards.
+
+def _batches(data: Dataset, batch_size: int, generator: torch.Generator | None):
+    """Mini-batches of (inputs, targets); shuffled with ``generator`` when one is given.
+
+    Data sets that are a pair of tensors are sliced directly (no per-sample Python calls);
+    anything else goes through a ``DataLoader``.
     """
+    pair = _tensors(data)
+    if pair is None:
+        loader = DataLoader(data, batch_size=batch_size, shuffle=generator is not None, generator=generator)
+        yield from loader
+        return
+    inputs, targets = pair
+    n = len(targets)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield inputs[start:start + batch_size], targets[start:start + batch_size]
+        else:
+            index = order[start:start + batch_size]
+            yield inputs[index], targets[index]
+
+
+def _loss_and_metric(loss: Loss | None, metric: Metric | None, metric_name: str | None):
+    loss_fn = loss if loss is not None else nn.functional.cross_entropy
+    metric_fn = metric if metric is not None else accuracy
+    if metric_name is None:
+        metric_name = "acc" if metric is None else getattr(metric, "__name__", "metric")
+    return loss_fn, metric_fn, metric_name
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256, loss: Loss | None = None,
+             metric: Metric | None = None, metric_name: str | None = None) -> dict[str, float]:
+    """Mean loss and a metric of ``model`` on ``data`` (eval mode, no gradients).
+
+    Defaults: cross-entropy and accuracy, returned as ``{"loss": ..., "accuracy": ...}``.
+    With ``metric`` (a function of all logits and all targets) the second key is
+    ``metric_name`` (default: the function's name). The model's train/eval mode is restored.
+    """
+    loss_fn, metric_fn, name = _loss_and_metric(loss, metric, metric_name)
     was_training = model.training
     model.eval()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    loss_sum, correct, count = 0.0, 0, 0
     device = next(model.parameters()).device
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
-        count += len(y)
+    logits, targets = [], []
+    for x, y in _batches(data, batch_size, None):
+        logits.append(model(x.to(device)))
+        targets.append(y.to(device))
+    all_logits, all_targets = torch.cat(logits), torch.cat(targets)
     model.train(was_training)
-    return {"loss": loss_sum / count, "accuracy": correct / count}
+    key = "accuracy" if metric is None else name
+    return {"loss": loss_fn(all_logits, all_targets).item(), key: float(metric_fn(all_logits, all_targets))}
 
 
 def fit(model: nn.Module, train: Dataset, *, val: Dataset | None = None, epochs: int = 5,
         batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0,
+        loss: Loss | None = None, metric: Metric | None = None, metric_name: str | None = None,
         progress: bool = True, verbose: bool = True, desc: str = "training") -> History:
-    """Train ``model`` with Adam and cross-entropy; return the per-epoch ``History``.
+    """Train ``model`` with Adam; return the per-epoch ``History``.
 
-    Shuffling uses its own generator seeded by ``seed``, so two calls with the same seed,
-    model initialisation and thread count give the same numbers. With ``verbose`` one line
-    is printed per epoch (loss to 4 decimals, accuracies to 3). ``progress`` shows a bar
-    (a widget in Jupyter, a text bar elsewhere).
+    ``loss(logits, targets)`` defaults to cross-entropy and ``metric(logits, targets)`` to
+    accuracy (printed as ``acc``; pass ``metric_name`` to print another short name).
+    Shuffling uses its own generator seeded by ``seed``, and ``torch.manual_seed(seed)`` is
+    called first (dropout and other random layers), so two calls with the same seed, model
+    initialisation and thread count give the same numbers. With ``verbose`` one line is
+    printed per epoch (loss to 4 decimals, metrics to 3). ``progress`` shows a bar (a widget
+    in Jupyter, a text bar elsewhere). The model is left in eval mode.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: expected epochs >= 1 and batch_size >= 1, but got epochs={epochs}, "
                          f"batch_size={batch_size}")
+    loss_fn, metric_fn, name = _loss_and_metric(loss, metric, metric_name)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     device = next(model.parameters()).device
-    history = History()
-    bar = _progress(epochs * len(loader), desc, progress)
+    history = History(metric_name=name)
+    bar = _progress(epochs * math.ceil(len(train) / batch_size), desc, progress)
     try:
         for epoch in range(1, epochs + 1):
             model.train()
-            loss_sum, correct, count = 0.0, 0, 0
-            for x, y in loader:
+            loss_sum, metric_sum, count = 0.0, 0.0, 0
+            for x, y in _batches(train, batch_size, generator):
                 x, y = x.to(device), y.to(device)
                 logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y)
+                batch_loss = loss_fn(logits, y)
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
+                batch_loss.backward()
                 optimiser.step()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(dim=1) == y).sum().item()
+                loss_sum += batch_loss.item() * len(y)
+                metric_sum += float(metric_fn(logits.detach(), y)) * len(y)
                 count += len(y)
                 if bar is not None:
                     bar.update(1)
             history.train_loss.append(loss_sum / count)
-            history.train_accuracy.append(correct / count)
+            history.train_metric.append(metric_sum / count)
             line = (f"epoch {epoch}/{epochs}  loss {history.train_loss[-1]:.4f}  "
-                    f"train acc {history.train_accuracy[-1]:.3f}")
+                    f"train {name} {history.train_metric[-1]:.3f}")
             if val is not None:
-                history.val_accuracy.append(evaluate(model, val)["accuracy"])
-                line += f"  val acc {history.val_accuracy[-1]:.3f}"
+                result = evaluate(model, val, loss=loss, metric=metric, metric_name=name)
+                history.val_metric.append(result["accuracy" if metric is None else name])
+                line += f"  val {name} {history.val_metric[-1]:.3f}"
             if verbose:
                 print(line)
     finally:
@@ -109,3 +192,30 @@ def fit(model: nn.Module, train: Dataset, *, val: Dataset | None = None, epochs:
             bar.close()
     model.eval()
     return history
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of results over seeds (spread 0 for one value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_spread: expected at least one value, but got none")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def format_mean_spread(values: Sequence[float], digits: int = 3, percent: bool = False) -> str:
+    """``"0.953 ± 0.012 (3 seeds)"``: mean ± sample standard deviation, rounded for stable printing.
+
+    ``percent=True`` prints ``"95.3 ± 1.2 % (3 seeds)"`` with ``digits - 2`` decimals.
+    """
+    mean, spread = mean_spread(values)
+    n = len(values)
+    unit = "seed" if n == 1 else "seeds"
+    if percent:
+        d = max(0, digits - 2)
+        mean, spread = 100 * mean, 100 * spread
+        return f"{round(mean, d) + 0.0:.{d}f} ± {round(spread, d) + 0.0:.{d}f} % ({n} {unit})"
+    return f"{round(mean, digits) + 0.0:.{digits}f} ± {round(spread, digits) + 0.0:.{digits}f} ({n} {unit})"

@@ -10,6 +10,18 @@ and for graders that collect scores).
 In the notebooks, solutions sit between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` lines;
 ``python -m tutorial_lib.exercises.student`` (``make student``) writes student copies with
 those parts removed.
+
+Kinds of exercise, and how their checkers work:
+
+* write a function (a variant the notebook did not show, a fixed version of a buggy one, a
+  formula for a new configuration): the checker calls it on fresh inputs and compares with a
+  reference computed independently (plain loops, or counted on real modules);
+* predict, then run: the learner writes a number before running a cell; the checker
+  computes the true value itself and compares (``expect_prediction``). In the student copy
+  the prediction is ``...`` (Ellipsis), which every checker reports as "not done yet".
+
+Hints say what to look at (the axis, the scale, the shape, the normalisation), never the
+code; checker messages say what is wrong with the answer, never the solution.
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Exercise", "exercise", "check", "passes", "verdict", "list_exercises", "expect_close", "expect_shape",
-           "random_input"]
+           "expect_prediction", "not_done", "random_input"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ def verdict(id: str, answer: Any) -> tuple[bool, str]:
         known = ", ".join(sorted(REGISTRY))
         raise KeyError(f"check: no exercise {id!r}; known exercises: {known}")
     ex = REGISTRY[id]
+    if not_done(answer):
+        return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
     try:
         ex.checker(answer)
     except NotImplementedError:
@@ -77,6 +91,35 @@ def passes(id: str, answer: Any) -> bool:
 
 
 # --- helpers for writing checkers -----------------------------------------------------------
+
+def not_done(answer: Any) -> bool:
+    """True for the placeholder of a student copy: ``...``, or a tuple, list or dict holding it."""
+    if answer is Ellipsis:
+        return True
+    if isinstance(answer, (tuple, list)):
+        return any(a is Ellipsis for a in answer)
+    if isinstance(answer, dict):
+        return any(a is Ellipsis for a in answer.values())
+    return False
+
+
+def expect_prediction(got: Any, actual: float, what: str, *, rel: float = 0.1, abs_: float = 0.0) -> None:
+    """Assert that a predicted number is within ``rel`` (relative) or ``abs_`` of the measured one.
+
+    The message shows both numbers: the cell that runs the experiment prints the measured
+    value anyway, and a prediction is compared after the run.
+    """
+    if isinstance(got, bool) or not isinstance(got, (int, float)) and not (
+            isinstance(got, torch.Tensor) and got.numel() == 1):
+        raise AssertionError(f"{what}: write your prediction as a single number, but it is "
+                             f"{type(got).__name__}")
+    got = float(got)
+    if got != got:
+        raise AssertionError(f"{what}: your prediction is nan")
+    tolerance = max(abs_, rel * abs(actual))
+    if abs(got - actual) > tolerance:
+        raise AssertionError(f"{what}: you predicted {got:.4g}, the measured value is {actual:.4g}")
+
 
 def random_input(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A reproducible random tensor that does not touch the global random state."""

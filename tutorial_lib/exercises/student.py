@@ -1,15 +1,25 @@
-"""Write student copies of the notebooks: solutions removed, outputs cleared.
+"""Write student copies of the notebooks: solutions removed, outputs cleared, work never lost.
 
-    python -m tutorial_lib.exercises.student notebooks student      (or: make student)
+    python -m tutorial_lib.exercises.student notebooks student            (or: make student)
+    python -m tutorial_lib.exercises.student notebooks student --force    (or: make student FORCE=1)
 
 In every code cell, the lines between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` (markers
-included) are replaced by a ``# YOUR CODE HERE`` line and a ``raise NotImplementedError``
-at the same indentation, which ``check`` reports as "not done yet". Every output and
-execution count is cleared, so the copy opens as a fresh worksheet.
+included) are replaced by a ``# YOUR CODE HERE`` line and a placeholder:
+
+* inside a function (an indented block), ``raise NotImplementedError(...)``, which ``check``
+  reports as "not done yet";
+* at the top level of a cell (a prediction such as ``prediction = 0.25``), the same names
+  assigned ``...`` (Ellipsis), so that "Run all" goes on and ``check`` reports "not done yet".
+
+Every output and execution count is cleared, so the copy opens as a fresh worksheet.
+
+A student copy that already exists is never overwritten (it may hold a learner's work): it
+is skipped and named in the report. ``--force`` overwrites, and says which files it replaced.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -19,21 +29,46 @@ BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
 
 
+def _assigned_names(block: str) -> list[str]:
+    """Names assigned at the top level of a solution block, in order (``a = ...``, ``a, b = ...``)."""
+    try:
+        tree = ast.parse(block)
+    except SyntaxError as err:
+        raise ValueError(f"a top-level solution block does not parse: {err}") from None
+    names: list[str] = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and name.id not in names:
+                    names.append(name.id)
+    if not names:
+        raise ValueError("a top-level solution block assigns no name; write the answer as "
+                         "'name = ...' so that the student copy can leave a placeholder")
+    return names
+
+
 def strip_solutions(source: str) -> str:
     """Replace every solution block of one cell's source."""
     out: list[str] = []
-    inside = False
+    block: list[str] | None = None
+    indent = ""
     for line in source.splitlines(keepends=True):
-        if not inside and (m := BEGIN.match(line)):
-            indent = m.group(1)
+        if block is None and (m := BEGIN.match(line)):
+            indent, block = m.group(1), []
+        elif block is not None and END.match(line):
             out.append(f"{indent}# YOUR CODE HERE\n")
-            out.append(f'{indent}raise NotImplementedError("exercise: replace this line with your code")\n')
-            inside = True
-        elif inside and END.match(line):
-            inside = False
-        elif not inside:
+            if indent:
+                out.append(f'{indent}raise NotImplementedError("exercise: replace this line with your code")\n')
+            else:
+                out.extend(f"{name} = ...\n" for name in _assigned_names("".join(block)))
+            block = None
+        elif block is not None:
+            block.append(line)
+        else:
             out.append(line)
-    if inside:
+    if block is not None:
         raise ValueError("a '# BEGIN SOLUTION' has no matching '# END SOLUTION'")
     return "".join(out)
 
@@ -52,18 +87,48 @@ def student_copy(nb: dict) -> dict:
     return nb
 
 
+def write_student_copies(source: Path, target: Path, *, force: bool = False) -> dict[str, list[str]]:
+    """Write the student copies of every notebook in ``source`` to ``target``.
+
+    Returns the file names under "written", "replaced" (existing files, with ``force``) and
+    "skipped" (existing files, without ``force``: never overwritten).
+    """
+    paths = sorted(source.glob("*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"student copies: expected notebooks in {source}/, but found none")
+    target.mkdir(parents=True, exist_ok=True)
+    report: dict[str, list[str]] = {"written": [], "replaced": [], "skipped": []}
+    for path in paths:
+        dest = target / path.name
+        if dest.exists() and not force:
+            report["skipped"].append(path.name)
+            continue
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        text = json.dumps(student_copy(nb), indent=1, ensure_ascii=False) + "\n"
+        report["replaced" if dest.exists() else "written"].append(path.name)
+        dest.write_text(text, encoding="utf-8")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="folder with the course notebooks")
     parser.add_argument("target", type=Path, help="folder to write the student copies to")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite student copies that exist already (their work is lost)")
     args = parser.parse_args(argv)
-    args.target.mkdir(parents=True, exist_ok=True)
-    paths = sorted(args.source.glob("*.ipynb"))
-    for path in paths:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        (args.target / path.name).write_text(json.dumps(student_copy(nb), indent=1, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
-    print(f"wrote {len(paths)} student notebook(s) to {args.target}/")
+    report = write_student_copies(args.source, args.target, force=args.force)
+    if report["written"]:
+        print(f"wrote {len(report['written'])} student notebook(s) to {args.target}/: "
+              + ", ".join(report["written"]))
+    if report["replaced"]:
+        print(f"replaced {len(report['replaced'])} existing student notebook(s) (--force): "
+              + ", ".join(report["replaced"]))
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} student notebook(s) that exist already, to keep the "
+              f"work in them: " + ", ".join(report["skipped"]))
+        print("  to start one afresh, delete or rename it and run this again; "
+              "to overwrite them all, add --force (make student FORCE=1)")
     return 0
 
 
