@@ -21,7 +21,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # JupyterLab refuses to start as root (containers, CI) unless told that it is intended.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-unit test-notebooks notebook student execute bench clean help
+.PHONY: setup lab test test-unit test-notebooks test-browser notebook student progress execute bench clean help
 
 help:
 	@echo "make lab            set up and open the course in JupyterLab (LAB_ARGS=... passes options)"
@@ -30,6 +30,7 @@ help:
 	@echo "make test-notebooks strict nbval on every notebook"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
+	@echo "make progress       which exercises pass in student/ (NB=02 one notebook, DIR=folder another folder)"
 	@echo "make execute NB=01  re-execute one notebook in place (for authors)"
 	@echo "make bench          run every benchmark script in benchmarks/ (minutes; run on a quiet machine)"
 	@echo "make clean          remove the virtual environment and generated files"
@@ -66,6 +67,9 @@ notebook: setup
 
 student: setup
 	$(BIN)/python -m tutorial_lib.exercises.student notebooks student $(if $(FORCE),--force)
+
+progress: setup
+	$(BIN)/python -m tutorial_lib.exercises.progress --dir $(or $(DIR),student) $(if $(NB),--nb $(NB))
 
 execute: setup
 	@test -n "$(NB)" || { echo "say which notebook, e.g. make execute NB=02"; exit 2; }
