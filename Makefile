@@ -28,6 +28,7 @@ help:
 	@echo "make test           set up and run all tests (unit + strict nbval)"
 	@echo "make test-unit      unit tests only"
 	@echo "make test-notebooks strict nbval on every notebook"
+	@echo "make test-browser   optional: run a notebook in JupyterLab in an installed Chromium (skipped without one)"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
 	@echo "make progress       which exercises pass in student/ (NB=02 one notebook, DIR=folder another folder)"
@@ -57,6 +58,11 @@ test: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest tests
+
+test-browser: setup
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c $(CONSTRAINTS) -e ".[course,browser]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
+	$(BIN)/python -m pytest browser_tests -rs
 
 test-notebooks: setup
 	$(BIN)/python -m pytest notebooks
