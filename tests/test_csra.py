@@ -126,6 +126,20 @@ def test_fused_and_official_order_of_work_agree_in_values_and_gradients(temperat
         torch.testing.assert_close(m1[key], m2[key])
 
 
+def test_matrix_product_and_convolution_paths_agree(monkeypatch):
+    import tutorial_lib.csra as csra_module
+
+    mha = randomised(tl.MultiHeadCSRA(6, 3, 4).double(), seed=29)
+    x = x64(2, 6, 3, 5, seed=30).requires_grad_()
+    results = []
+    for threshold in (0, 10 ** 9):  # always the convolution, always the matrix product
+        monkeypatch.setattr(csra_module, "CONV_MIN_ELEMENTS", threshold)
+        y = mha(x)
+        results.append((y, *torch.autograd.grad(y.sum(), (x, mha.weight))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_one_head_multi_head_equals_csra():
     csra = randomised(tl.CSRA(6, 3, temperature=2.0, lam=0.2).double(), seed=8)
     mha = tl.MultiHeadCSRA(6, 3, 1, lam=0.2, temperatures=[2.0]).double()
@@ -522,3 +536,61 @@ def test_benchmark_quick_mode_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ratio = fused / loop" in result.stdout
+
+
+# --- exercises of notebook 05 ---------------------------------------------------------------
+
+def test_exercise_05_1_prediction():
+    e2 = math.exp(2.0)
+    assert passes("05.1", 2 * e2 / (e2 + 48))
+    assert not passes("05.1", 2.0)            # the max: T = 1 is far from max pooling here
+    assert not passes("05.1", 2.0 / 49)       # the mean
+    ok, line = verdict("05.1", ...)
+    assert not ok and "not done yet" in line
+
+
+def _csra_tokens(tokens, m, temperature, lam):
+    x = tokens[:, 1:]                                         # (B, N, d): drop the class token
+    s = x @ (m / m.norm(dim=1, keepdim=True)).T               # (B, N, K)
+    base = s.mean(dim=1)
+    att = s.amax(dim=1) if math.isinf(temperature) else (s * torch.softmax(temperature * s, dim=1)).sum(dim=1)
+    return base + lam * att
+
+
+def test_exercise_05_2_tokens():
+    assert passes("05.2", _csra_tokens)
+    assert not passes("05.2", lambda t, m, T, lam: _csra_tokens(torch.cat([t[:, :1], t], dim=1), m, T, lam))  # keeps CLS
+
+    def unnormalised(tokens, m, temperature, lam):
+        return _csra_tokens(tokens, m, temperature, lam) * m.norm(dim=1)
+
+    def softmax_over_classes(tokens, m, temperature, lam):
+        s = tokens[:, 1:] @ (m / m.norm(dim=1, keepdim=True)).T
+        w = s.amax(dim=1) if math.isinf(temperature) else (s * torch.softmax(temperature * s, dim=2)).sum(dim=1)
+        return s.mean(dim=1) + lam * w
+
+    assert not passes("05.2", unnormalised)
+    assert not passes("05.2", softmax_over_classes)
+
+
+def _heads_port(x, weights, lam, fixed):
+    temps = {2: [1, 99], 4: [1, 2, 4, 99], 6: [1, 2, 3, 4, 5, 99]}[weights.shape[0]]
+    total = 0.0
+    for w, t in zip(weights, temps):
+        s = torch.einsum("bdp,kd->bkp", x.flatten(2), w / w.norm(dim=1, keepdim=True))
+        att = s.amax(dim=2) if (fixed and t == 99) else (s * torch.softmax(t * s, dim=2)).sum(dim=2)
+        total = total + s.mean(dim=2) + lam * att
+    return total
+
+
+def test_exercise_05_3_fixed_port():
+    assert passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=True))
+    assert not passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=False))          # 99 as a temperature
+    assert not passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, True) / w.shape[0])    # averaged heads
+
+
+def test_exercise_05_4_cost():
+    assert passes("05.4", lambda d, k, h, hh, ww: (h * k * d, h * k * d * hh * ww))
+    assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d + k, h * k * d * hh * ww))   # a bias
+    assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d, k * d * hh * ww))           # one head's work
+    assert not passes("05.4", lambda d, k, h, hh, ww: h * k * d)                              # not a pair

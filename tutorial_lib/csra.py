@@ -77,6 +77,20 @@ def _unit_rows(weight: torch.Tensor) -> torch.Tensor:
     return weight / torch.linalg.vector_norm(weight, dim=1, keepdim=True)
 
 
+# Below this many input elements (B*d*H*W) the scores are a batched matrix product, above it a
+# 1x1 convolution: the same numbers, but on CPU PyTorch's convolution backward was several times
+# slower than the matrix product for small feature maps with two threads, and faster for
+# ResNet-sized maps (measured with torch 2.13; benchmarks/bench_csra.py times the large case).
+CONV_MIN_ELEMENTS = 2 ** 19
+
+
+def _class_scores(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Per-position scores (B, M, H*W) of x (B, d, H, W) with the (M, d, 1, 1) classifiers."""
+    if x.numel() < CONV_MIN_ELEMENTS:
+        return torch.matmul(rearrange(unit, "m d 1 1 -> m d"), rearrange(x, "b d h w -> b d (h w)"))
+    return rearrange(F.conv2d(x, unit), "b m h w -> b m (h w)")
+
+
 def _heads(t: torch.Tensor, index: list[int]) -> torch.Tensor:
     """Heads ``index`` of t along dim 1: a view when they are consecutive (the official sets)."""
     if index == list(range(index[0], index[-1] + 1)):
@@ -134,7 +148,7 @@ def _csra(x: torch.Tensor, weight: torch.Tensor, temperatures: Sequence[float], 
     Returns (logits per head, attention weights or None, scores (B, n, K, H*W)).
     """
     unit = _unit_rows(weight)  # the normalisation, folded into the (n*K, d) weight
-    score = rearrange(F.conv2d(x, unit), "b (n k) h w -> b n k (h w)", n=len(temperatures))
+    score = rearrange(_class_scores(x, unit), "b (n k) p -> b n k p", n=len(temperatures))
     logits, weights = _pool(score, temperatures, lam, want_maps)
     return logits, weights, score
 
