@@ -133,7 +133,7 @@ def test_matrix_product_and_convolution_paths_agree(monkeypatch):
     x = x64(2, 6, 3, 5, seed=30).requires_grad_()
     results = []
     for threshold in (0, 10 ** 9):  # always the convolution, always the matrix product
-        monkeypatch.setattr(csra_module, "CONV_MIN_ELEMENTS", threshold)
+        monkeypatch.setattr(csra_module, "MATMUL_BELOW_CHANNELS", threshold)
         y = mha(x)
         results.append((y, *torch.autograd.grad(y.sum(), (x, mha.weight))))
     for a, b in zip(*results):
@@ -192,8 +192,10 @@ def test_official_state_dicts_load():
     csra.load_state_dict({"head.weight": official["classifier.multi_head.0.head.weight"]})  # the official key
     torch.testing.assert_close(csra(x), literal_head(x, official["classifier.multi_head.0.head.weight"][:, :, 0, 0],
                                                       1.0, 0.1))
-    with pytest.raises(ValueError, match="multi_head.3.head.weight"):
+    with pytest.raises(ValueError, match=r"weights of 4 heads .* holds heads \[0, 1, 2\]"):
         mha.load_official_state_dict({k: v for k, v in official.items() if not k.endswith("3.head.weight")})
+    with pytest.raises(ValueError, match=r"weights of 2 heads .* holds heads \[0, 1, 2, 3\]"):
+        tl.MultiHeadCSRA(6, 3, 2).load_official_state_dict(official)  # a 4-head checkpoint is not cut to 2
     with pytest.raises(ValueError, match="shape"):
         tl.MultiHeadCSRA(6, 2, 4).load_official_state_dict(official)
 

@@ -34,6 +34,7 @@ head, its output divided by the norms, the max taken on the full map) as a liter
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Sequence
 
 import torch
@@ -77,16 +78,16 @@ def _unit_rows(weight: torch.Tensor) -> torch.Tensor:
     return weight / torch.linalg.vector_norm(weight, dim=1, keepdim=True)
 
 
-# Below this many input elements (B*d*H*W) the scores are a batched matrix product, above it a
-# 1x1 convolution: the same numbers, but on CPU PyTorch's convolution backward was several times
-# slower than the matrix product for small feature maps with two threads, and faster for
-# ResNet-sized maps (measured with torch 2.13; benchmarks/bench_csra.py times the large case).
-CONV_MIN_ELEMENTS = 2 ** 19
+# Below this many input channels the scores are a batched matrix product, from it on a 1x1
+# convolution: the same numbers, but on CPU (torch 2.13) the convolution's backward pass was up to
+# four times slower than the matrix product for narrow feature maps (d = 32 or 64) with two
+# threads, and up to a third faster for wide ones (d >= 128). benchmarks/bench_csra.py times d = 2048.
+MATMUL_BELOW_CHANNELS = 128
 
 
 def _class_scores(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """Per-position scores (B, M, H*W) of x (B, d, H, W) with the (M, d, 1, 1) classifiers."""
-    if x.numel() < CONV_MIN_ELEMENTS:
+    if x.shape[1] < MATMUL_BELOW_CHANNELS:
         return torch.matmul(rearrange(unit, "m d 1 1 -> m d"), rearrange(x, "b d h w -> b d (h w)"))
     return rearrange(F.conv2d(x, unit), "b m h w -> b m (h w)")
 
@@ -301,14 +302,23 @@ class MultiHeadCSRA(AttentionModule):
 
     @torch.no_grad()
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Copy the classifiers of an official ``MHA`` (keys ``[prefix]multi_head.<h>.head.weight``)."""
+        """Copy the classifiers of an official ``MHA`` (keys ``[prefix]multi_head.<h>.head.weight``).
+
+        The checkpoint must hold exactly ``num_heads`` heads of shape (K, d, 1, 1): a model
+        with another head count has other temperatures and is refused, not loaded in part.
+        """
         name = type(self).__name__
+        found = {}
+        for key, value in state_dict.items():
+            match = re.search(r"multi_head\.(\d+)\.head\.weight$", key)
+            if match:
+                found.setdefault(int(match.group(1)), []).append(value)
+        if sorted(found) != list(range(self.num_heads)) or any(len(v) != 1 for v in found.values()):
+            raise ValueError(f"{name}: expected the weights of {self.num_heads} heads "
+                             f"(keys ending in multi_head.0.head.weight to multi_head.{self.num_heads - 1}.head.weight), "
+                             f"but the state dict holds heads {sorted(found)}")
         for h in range(self.num_heads):
-            keys = [k for k in state_dict if k.endswith(f"multi_head.{h}.head.weight")]
-            if len(keys) != 1:
-                raise ValueError(f"{name}: expected one key ending in 'multi_head.{h}.head.weight' in the "
-                                 f"official state dict, but found {len(keys)}")
-            w = state_dict[keys[0]]
+            w = found[h][0]
             if tuple(w.shape) != (self.num_classes, self.in_channels, 1, 1):
                 raise ValueError(f"{name}: expected head {h}'s weight of shape "
                                  f"{(self.num_classes, self.in_channels, 1, 1)}, but got {tuple(w.shape)}")
