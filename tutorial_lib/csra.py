@@ -26,7 +26,9 @@ Cost (the same values and gradients as the official order of work, tested):
   before the convolution (K x d numbers), instead of dividing the B x K x H x W output;
 * ``MultiHeadCSRA`` stacks every head's classifier into one (heads*K, d) weight and runs ONE
   convolution for all heads, so the feature map is read once, not once per head, and the
-  backward pass makes one large product instead of one per head.
+  backward pass makes one large product instead of one per head;
+* for narrow feature maps (fewer than ``MATMUL_BELOW_CHANNELS`` = 128 channels) that product is
+  a batched matrix product instead of a 1x1 convolution (the same numbers; faster on CPU there).
 
 ``MultiHeadCSRA(..., fused=False)`` keeps the official order of work (one convolution per
 head, its output divided by the norms, the max taken on the full map) as a literal reference.
