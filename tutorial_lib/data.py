@@ -28,6 +28,8 @@ __all__ = [
     "FEATURE_NAMES",
     "handmade_features",
     "attention_on_mask",
+    "MultiLabelImages",
+    "objects_on_clutter_multilabel",
 ]
 
 # 6x6 glyphs, drawn on an 8x8 tile (1-pixel border of tile colour). 1 = glyph pixel.
@@ -306,3 +308,157 @@ def attention_on_mask(attention: torch.Tensor, masks: torch.Tensor) -> torch.Ten
                                          mode="bilinear", align_corners=False)[:, 0]
     total = up.flatten(1).sum(1).clamp_min(1e-12)
     return (up * masks.float()).flatten(1).sum(1) / total
+
+
+# --- notebook 05: several objects per image, multi-hot labels ---
+
+@dataclass
+class MultiLabelImages(Dataset):
+    """Images holding several objects: multi-hot targets and one mask per class.
+
+    ``images`` (N, C, H, W) float32; ``targets`` (N, K) float32, 1 where class k is in the
+    image; ``class_names`` one per class; ``masks`` (N, K, H, W) bool, the tile of the
+    object of class k (all False where class k is absent). Indexing returns
+    ``(image, targets)``, so ``tl.fit`` slices the set directly (it reads ``images`` and
+    ``targets``); train it with a binary cross-entropy on the logits.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    class_names: tuple[str, ...]
+    masks: torch.Tensor
+    description: str = field(default="", repr=False)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.targets[i]
+
+    def subset(self, index: slice | torch.Tensor) -> "MultiLabelImages":
+        """The same data set restricted to ``index`` (a slice or an index tensor)."""
+        return replace(self, images=self.images[index], targets=self.targets[index], masks=self.masks[index])
+
+    def split(self, n_train: int) -> tuple["MultiLabelImages", "MultiLabelImages"]:
+        """The first ``n_train`` samples and the rest (samples are already in random order)."""
+        if not 0 < n_train < len(self):
+            raise ValueError(f"MultiLabelImages.split: expected 0 < n_train < {len(self)}, "
+                             f"but got {n_train}")
+        return self.subset(slice(0, n_train)), self.subset(slice(n_train, None))
+
+    def as_single_label(self) -> LabelledImages:
+        """The single-label view of a set with exactly one object per image.
+
+        ``labels`` (N,) int64 is the class of the one object and ``masks`` (N, H, W) its tile,
+        as ``objects_on_clutter`` gives them (for cross-entropy and accuracy).
+        """
+        per_image = self.targets.sum(dim=1)
+        if not bool((per_image == 1).all()):
+            raise ValueError(f"MultiLabelImages.as_single_label: expected exactly one object per image "
+                             f"(make the set with objects=1), but the counts range from "
+                             f"{int(per_image.min())} to {int(per_image.max())}")
+        labels = self.targets.argmax(dim=1)
+        masks = self.masks[torch.arange(len(labels)), labels]
+        return LabelledImages(images=self.images, labels=labels, class_names=self.class_names, masks=masks,
+                              description=self.description + ".as_single_label()")
+
+
+_BLOB_DY, _BLOB_DX = (v.ravel() for v in np.mgrid[-2:3, -2:3])
+
+
+def _draw_clutter(rng: np.random.Generator, img: np.ndarray, clutter: int) -> None:
+    """Random bars, diagonal strokes and blobs in random colours, drawn into img (3, S, S).
+
+    The strokes of ``objects_on_clutter`` (its kinds and sizes), drawn by slicing, clipped at
+    the border; the random numbers of one image are drawn at once.
+    """
+    size = img.shape[-1]
+    colours = rng.random((clutter, 3, 1))
+    where = rng.integers(0, size, (clutter, 2)).tolist()
+    kinds = rng.integers(0, 4, clutter).tolist()
+    lengths = rng.integers(3, 7, clutter).tolist()
+    radii = rng.integers(1, 5, clutter).tolist()  # squared radius of a blob
+    for colour, (y, x), kind, length, r2 in zip(colours, where, kinds, lengths, radii):
+        if kind == 0:    # horizontal bar
+            img[:, y:y + 2, x:x + length] = colour[..., None]
+        elif kind == 1:  # vertical bar
+            img[:, y:y + length, x:x + 2] = colour[..., None]
+        elif kind == 2:  # diagonal stroke
+            d = np.arange(min(length, size - y, size - x))
+            img[:, y + d, x + d] = colour
+        else:            # blob: the pixels within the squared radius
+            yy, xx = y + _BLOB_DY, x + _BLOB_DX
+            keep = (_BLOB_DY ** 2 + _BLOB_DX ** 2 <= r2) & (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+            img[:, yy[keep], xx[keep]] = colour
+
+
+def objects_on_clutter_multilabel(n: int = 2000, *, size: int = 32, objects: int | tuple[int, int] = (1, 3),
+                                  clutter: int = 12, noise: float = 0.04, seed: int = 0) -> MultiLabelImages:
+    """Several glyphs on tiles on a cluttered background; every glyph present is a label.
+
+    The pieces of ``objects_on_clutter`` (smooth colour noise, ``clutter`` random strokes and
+    blobs, 8x8 tiles of a flat colour carrying one of the four ``GLYPHS`` in a contrasting
+    colour, pixel noise of standard deviation ``noise``), with between ``objects[0]`` and
+    ``objects[1]`` tiles per image (uniformly; an int means exactly that many), each of a
+    different class, placed at random without overlapping. ``targets[i, k]`` is 1 when
+    class k is in image i; ``masks[i, k]`` marks the tile of that object.
+
+    ``objects=1`` gives the single-label variant of the same task (one object per image,
+    same pieces and sizes): ``.as_single_label()`` turns it into class indices.
+    """
+    name = "objects_on_clutter_multilabel"
+    n = _check_n(f"{name}: n", n)
+    size = _check_n(f"{name}: size", size, minimum=TILE + 2)
+    clutter = _check_n(f"{name}: clutter", clutter, minimum=0)
+    names = tuple(GLYPHS)
+    lo, hi = (objects, objects) if isinstance(objects, (int, np.integer)) and not isinstance(objects, bool) \
+        else tuple(objects) if isinstance(objects, (tuple, list)) and len(objects) == 2 else (None, None)
+    if lo is None or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (lo, hi)) \
+            or not 1 <= lo <= hi <= len(names):
+        raise ValueError(f"{name}: expected objects to be an int or a (min, max) pair with "
+                         f"1 <= min <= max <= {len(names)} (one object per class at most), but got {objects!r}")
+    if noise < 0:
+        raise ValueError(f"{name}: expected noise >= 0, but got {noise}")
+    if hi * (TILE + 1) ** 2 > size * size // 2:
+        raise ValueError(f"{name}: {hi} tiles of {TILE}x{TILE} do not fit loosely in a {size}x{size} image; "
+                         f"use a larger size or fewer objects")
+    rng = np.random.default_rng([seed, 5])
+    glyphs = np.stack([GLYPHS[k] for k in names])
+    k = len(names)
+
+    images = 0.15 + 0.5 * _smooth_noise(rng, n, size, 3, cells=4)
+    targets = np.zeros((n, k), dtype=np.float32)
+    masks = np.zeros((n, k, size, size), dtype=bool)
+    for i in range(n):
+        img = images[i]
+        _draw_clutter(rng, img, clutter)
+        count = int(rng.integers(lo, hi + 1))
+        classes = rng.permutation(k)[:count]
+        placed: list[tuple[int, int]] = []
+        for c in classes:
+            for _ in range(1000):  # rejection sampling: tiles do not overlap
+                y, x = (int(v) for v in rng.integers(0, size - TILE + 1, 2))
+                if all(abs(y - py) >= TILE or abs(x - px) >= TILE for py, px in placed):
+                    break
+            else:  # pragma: no cover - the size check above leaves ample room
+                raise RuntimeError(f"{name}: could not place {count} tiles without overlap")
+            placed.append((y, x))
+            tile = rng.random(3) * 0.5
+            ink = 0.5 + rng.random(3) * 0.5
+            if rng.random() < 0.5:
+                tile, ink = ink, tile
+            img[:, y:y + TILE, x:x + TILE] = tile[:, None, None]
+            patch = img[:, y + 1:y + TILE - 1, x + 1:x + TILE - 1]
+            patch[:, glyphs[c]] = ink[:, None]
+            targets[i, c] = 1.0
+            masks[i, c, y:y + TILE, x:x + TILE] = True
+    noise_rng = np.random.default_rng([seed, 6])
+    images = np.clip(images + noise * noise_rng.standard_normal(images.shape), 0.0, 1.0)
+    return MultiLabelImages(
+        images=torch.from_numpy(images.astype(np.float32)),
+        targets=torch.from_numpy(targets),
+        class_names=names,
+        masks=torch.from_numpy(masks),
+        description=(f"{name}(n={n}, size={size}, objects={objects!r}, clutter={clutter}, "
+                     f"noise={noise}, seed={seed})"),
+    )
