@@ -292,15 +292,15 @@ def test_exercise_01_3_finds_the_batch_squeeze_bug():
         torch.softmax(fc2(torch.relu(fc1(reduce(u, "b c h w -> b c", "mean")))), dim=-1), "b c -> b c 1 1"))
 
 
-def test_exercise_01_4_counts_official_and_timm():
-    official, timm = 89_080, 90_112          # 2 x (580 + 2,184 + 8,464 + 33,312); hidden 8 instead of 4 at C = 64
-    assert passes("01.4", (official, timm))
-    assert passes("01.4", [official, timm])
-    for wrong in ((official, official), (timm, timm), (official - 1, timm), (2 * 2 * 64 * 4, timm),
-                  (float(official), timm), (official,), official):
+def test_exercise_01_4_counts_paper_width_and_timm():
+    paper, timm = 89_080, 90_112             # 2 x (580 + 2,184 + 8,464 + 33,312); hidden 8 instead of 4 at C = 64
+    assert passes("01.4", (paper, timm))
+    assert passes("01.4", [paper, timm])
+    for wrong in ((paper, paper), (timm, timm), (paper - 1, timm), (2 * 2 * 64 * 4, timm),
+                  (float(paper), timm), (paper,), paper):
         assert not passes("01.4", wrong), wrong
-    ok, line = verdict("01.4", (official + 10, timm))
-    assert not ok and "too high" in line and str(official) not in line and f"{official:,}" not in line
+    ok, line = verdict("01.4", (paper + 10, timm))
+    assert not ok and "too high" in line and str(paper) not in line and f"{paper:,}" not in line
 
 
 def test_exercise_01_4_reference_widths_follow_timm_make_divisible():

@@ -87,18 +87,18 @@ def _timm_hidden(channels: int, reduction: int = 16, divisor: int = 8) -> int:
     return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
 
 
-@exercise("01.4", "count: SE's parameters in SE-ResNet-18, official rule and timm's rule",
+@exercise("01.4", "count: SE's parameters in SE-ResNet-18, the paper's width and timm's",
           hint="SE-ResNet-18 has 2 basic blocks in each of 4 stages, with 64, 128, 256 and 512 output "
                "channels, and one SE block with biased layers per residual block; the two rules differ "
                "only in the hidden width (the floor of C/16, or C/16 rounded to a multiple of 8 and at "
                "least 8)")
 def _check_resnet18_counts(answer) -> None:
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
-        raise AssertionError(f"write your answer as two numbers (official, timm), but got {type(answer).__name__}")
-    official = sum(n * count_parameters(SqueezeExcitation(c, 16)) for n, c in RESNET18_STAGES)
+        raise AssertionError(f"write your answer as two numbers (paper, timm), but got {type(answer).__name__}")
+    paper = sum(n * count_parameters(SqueezeExcitation(c, 16)) for n, c in RESNET18_STAGES)
     timm = sum(n * count_parameters(nn.Sequential(nn.Conv2d(c, _timm_hidden(c), 1), nn.Conv2d(_timm_hidden(c), c, 1)))
                for n, c in RESNET18_STAGES)
-    for name, got, counted in (("official", answer[0], official), ("timm", answer[1], timm)):
+    for name, got, counted in (("paper's", answer[0], paper), ("timm", answer[1], timm)):
         if isinstance(got, bool) or not isinstance(got, int):
             raise AssertionError(f"the {name} count should be a whole number, but it is {type(got).__name__}")
         if got != counted:
