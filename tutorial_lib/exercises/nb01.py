@@ -27,8 +27,8 @@ def _randomise(module: nn.Module, seed: int, std: float = 0.5) -> nn.Module:
 
 
 @exercise("01.1", "predict, then run: a sum instead of a mean in the squeeze",
-          hint="a sum over the positions is the mean times the number of positions; without biases, "
-               "a linear layer and a ReLU both commute with multiplying by a positive number")
+          hint="how do a sum and a mean over the same positions differ? And what does each layer of a "
+               "bias-free excitation do to an input multiplied by a positive number?")
 def _check_sum_factor(prediction) -> None:
     se = _randomise(SqueezeExcitation(16, 4, bias=False), seed=21)
     u = random_input(1, 16, 64, 64, seed=22).abs()         # a rectified 64x64 map, like U
