@@ -64,7 +64,7 @@ class SqueezeExcitation(AttentionModule):
 
     The forward pass applies those weights as matrix products on the (B, C) squeezed vector
     (same numbers as the 1x1 convolutions on a 1x1 map): on a CPU the backward pass of a 1x1
-    convolution on a 1x1 map costs several times a matrix product's.
+    convolution on a 1x1 map costs several times a matrix product's (``benchmarks/bench_se.py``).
     """
 
     def __init__(self, channels: int, reduction: int = 16, *, bias: bool = True) -> None:
