@@ -16,42 +16,67 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_check_prints_one_verdict(capsys):
-    check("00.1", lambda x: rearrange(x, "b c h w -> b (h w) c"))
-    assert capsys.readouterr().out.startswith("✓ [00.1]")
-    check("00.1", lambda x: rearrange(x, "b c h w -> b (w h) c"))
+    check("00.2", lambda v: reduce(v, "b c t h w -> b t c", "mean"))
+    assert capsys.readouterr().out.startswith("✓ [00.2]")
+    check("00.2", lambda v: reduce(v, "b c t h w -> b t c", "max"))
     out = capsys.readouterr().out
-    assert out.startswith("✗ [00.1]") and "wrong values" in out and "Hint:" in out
+    assert out.startswith("✗ [00.2]") and "wrong values" in out and "Hint:" in out
 
 
 def test_not_done_and_crashing_answers_are_feedback_not_errors():
-    def stub(x):
+    def stub(v):
         raise NotImplementedError
 
-    ok, line = verdict("00.4", stub)
-    assert not ok and line.startswith("… [00.4]") and "not done yet" in line
-    ok, line = verdict("00.4", lambda x: x.view(-1, 5))
+    ok, line = verdict("00.2", stub)
+    assert not ok and line.startswith("… [00.2]") and "not done yet" in line
+    ok, line = verdict("00.2", lambda v: v.view(-1, 7))
     assert not ok and "your answer raised RuntimeError" in line
-    ok, line = verdict("00.4", lambda x: None)
+    ok, line = verdict("00.2", lambda v: None)
     assert not ok and "should be a tensor" in line
+    ok, line = verdict("00.1", (0.25, ...))
+    assert not ok and "not done yet" in line
     with pytest.raises(KeyError, match="no exercise '99.9'"):
         verdict("99.9", stub)
 
 
+def _gram_nchw_pattern_on_nhwc(x):          # the bug of exercise 00.3: a pattern for the other layout
+    return einsum(x, x, "b c h w, b d h w -> b c d")
+
+
+def _attention_pool(x, scores):
+    weights = torch.softmax(rearrange(scores, "b h w -> b (h w)"), dim=-1)
+    return einsum(rearrange(x, "b c h w -> b c (h w)"), weights, "b c n, b n -> b c")
+
+
 @pytest.mark.parametrize("exercise_id, right, wrongs", [
-    ("00.1", lambda x: rearrange(x, "b c h w -> b (h w) c"),
-     [lambda x: rearrange(x, "b c h w -> b (w h) c"), lambda x: rearrange(x, "b c h w -> b c (h w)")]),
-    ("00.2", lambda x: einsum(x, x, "b c h w, b d h w -> b c d"),
-     [lambda x: einsum(x, x, "b c h w, b c h v -> b w v"), lambda x: einsum(x, x, "b c h w, b d h w -> b c d") / 20]),
-    ("00.3", lambda x: torch.softmax(x.flatten(2), dim=-1).view_as(x),
-     [lambda x: torch.softmax(x, dim=1), lambda x: torch.softmax(x, dim=-1)]),
-    ("00.4", lambda x: reduce(x, "b c (h h2) (w w2) -> b c h w", "max", h2=2, w2=2),
-     [lambda x: reduce(x, "b c (h h2) (w w2) -> b c h w", "mean", h2=2, w2=2),
-      lambda x: reduce(x, "b c (h2 h) (w2 w) -> b c h w", "max", h2=2, w2=2)]),
+    ("00.1", (0.25, 0.0), [(0.5, 0.0), (1.0, 1.0), (0.25, 0.25), (0.0, 0.0), ("0.25", 0.0), 0.25]),
+    ("00.2", lambda v: reduce(v, "b c t h w -> b t c", "mean"),
+     [lambda v: reduce(v, "b c t h w -> b c t", "mean"), lambda v: reduce(v, "b c t h w -> b t c", "sum"),
+      lambda v: reduce(v, "b c t h w -> b c", "mean"),
+      lambda v: rearrange(reduce(v, "b c t h w -> b c t", "mean"), "b c t -> b (c t)").view(2, 4, 3)]),
+    ("00.3", lambda x: einsum(x, x, "b h w c, b h w d -> b c d"),
+     [_gram_nchw_pattern_on_nhwc, lambda x: einsum(x, x, "b h w c, b h v c -> b w v"),
+      lambda x: einsum(x, x, "b h w c, b h w d -> b c d") / (x.shape[1] * x.shape[2])]),
+    ("00.4", _attention_pool,
+     [lambda x, s: einsum(rearrange(x, "b c h w -> b c (h w)"), torch.softmax(rearrange(s, "b h w -> b (h w)"), dim=0),
+                          "b c n, b n -> b c"),
+      lambda x, s: einsum(x, torch.softmax(s, dim=-1), "b c h w, b h w -> b c"),
+      lambda x, s: einsum(x, s, "b c h w, b h w -> b c"),
+      lambda x, s: _attention_pool(x, s) / (x.shape[2] * x.shape[3]),
+      lambda x, s: reduce(x, "b c h w -> b c", "mean")]),
 ])
 def test_notebook_00_checkers(exercise_id, right, wrongs):
     assert passes(exercise_id, right)
     for wrong in wrongs:
         assert not passes(exercise_id, wrong)
+
+
+def test_notebook_00_messages_never_print_a_pattern():
+    wrong = {"00.1": (0.5, 0.5), "00.2": lambda v: reduce(v, "b c t h w -> b c t", "mean"),
+             "00.3": _gram_nchw_pattern_on_nhwc, "00.4": lambda x, s: einsum(x, s, "b c h w, b h w -> b c")}
+    for exercise_id, answer in wrong.items():
+        ok, line = verdict(exercise_id, answer)
+        assert not ok and "->" not in line and "dim=" not in line, line
 
 
 def test_every_notebook_with_exercises_has_registered_checkers():

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import tutorial_lib as tl
-from tutorial_lib.exercises import check, passes
+from einops import rearrange, reduce
+
+from tutorial_lib.exercises import check, list_exercises, passes, verdict
 
 
 def randomise(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
@@ -77,6 +79,17 @@ def test_matches_matrix_form_on_larger_input():
     x = torch.randn(3, 64, 9, 11)
     expected, _ = se_matrix(x, *weights(se))
     torch.testing.assert_close(se(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_equals_the_official_layer_sequence_with_1x1_convolutions():
+    # The official Caffe model: global average pooling, 1x1 conv, ReLU, 1x1 conv, Sigmoid, scale.
+    # The module applies the same 1x1 kernels as matrices; the numbers must not change.
+    se = randomise(tl.SqueezeExcitation(32, 4), seed=9)
+    x = torch.randn(3, 32, 5, 7)
+    z = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+    s = torch.sigmoid(se.fc2(torch.relu(se.fc1(z))))
+    torch.testing.assert_close(se(x), x * s)
+    assert se.fc1.weight.shape == (8, 32, 1, 1) and se.fc2.weight.shape == (32, 8, 1, 1)
 
 
 def test_gate_of_spatially_constant_channels_by_hand():
@@ -228,41 +241,103 @@ def test_bad_inputs():
 
 # --- exercises of notebook 01 ------------------------------------------------------------------
 
-def test_exercise_checkers_accept_solutions_and_reject_mistakes():
-    from einops import reduce
+def se_video(x, w1, b1, w2, b2):
+    z = reduce(x, "b c t h w -> b c", "mean")
+    s = torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+    return x * rearrange(s, "b c -> b c 1 1 1")
 
-    def squeeze(x):
-        return reduce(x, "b c h w -> b c", "mean")
 
-    def squeeze_sum(x):
-        return reduce(x, "b c h w -> b c", "sum")
+def se_video_per_frame(x, w1, b1, w2, b2):      # a gate per frame: not what 01.2 asks
+    z = reduce(x, "b c t h w -> b t c", "mean")
+    s = torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+    return x * rearrange(s, "b t c -> b c t 1 1")
 
-    assert passes("01.1", squeeze) is True
-    assert passes("01.1", squeeze_sum) is False
-    assert passes("01.1", lambda x: reduce(x, "b c h w -> b h w", "mean")) is False
 
-    def excite(z, w1, b1, w2, b2):
-        return torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+def se_forward_buggy(u, fc1, fc2):              # the code given in the notebook: squeeze over the batch too
+    z = reduce(u, "b c h w -> c", "mean")
+    s = torch.sigmoid(fc2(torch.relu(fc1(z))))
+    return u * rearrange(s, "c -> 1 c 1 1")
 
-    assert passes("01.2", excite) is True
-    assert passes("01.2", lambda z, w1, b1, w2, b2: torch.relu(torch.sigmoid(z @ w1.T + b1) @ w2.T + b2)) is False
-    assert passes("01.2", lambda z, w1, b1, w2, b2: torch.sigmoid(torch.relu(z @ w1.T) @ w2.T)) is False
 
-    def se_block(branch, shortcut, se):
-        return torch.relu(se(branch) + shortcut)
+def se_forward(u, fc1, fc2):
+    z = reduce(u, "b c h w -> b c", "mean")
+    s = torch.sigmoid(fc2(torch.relu(fc1(z))))
+    return u * rearrange(s, "b c -> b c 1 1")
 
-    assert passes("01.3", se_block) is True
-    assert passes("01.3", lambda branch, shortcut, se: torch.relu(se(branch + shortcut))) is False
-    assert passes("01.3", lambda branch, shortcut, se: se(branch) + shortcut) is False
 
-    def extra(stages, reduction=16):
-        return sum(n * (2 * c * (c // reduction) + c // reduction + c) for n, c in stages)
+def test_exercise_01_1_prediction_is_compared_with_the_measured_factor():
+    assert passes("01.1", 64 * 64)
+    assert passes("01.1", 4096.0)
+    for wrong in (64, 1, 4096 * 16, 2.0, "4096", True, (4096,)):
+        assert not passes("01.1", wrong), wrong
 
-    assert passes("01.4", extra) is True
-    assert passes("01.4", lambda stages, reduction=16: sum(2 * n * c * c // reduction for n, c in stages)) is False
+
+def test_exercise_01_2_se_for_video():
+    assert passes("01.2", se_video)
+    assert not passes("01.2", se_video_per_frame)
+    assert not passes("01.2", lambda x, w1, b1, w2, b2: se_video(x * x.shape[2], w1, b1, w2, b2) / x.shape[2])
+    assert not passes("01.2", lambda x, w1, b1, w2, b2: x * rearrange(
+        torch.sigmoid(torch.relu(reduce(x, "b c t h w -> b c", "sum") @ w1.T + b1) @ w2.T + b2), "b c -> b c 1 1 1"))
+    assert not passes("01.2", lambda x, w1, b1, w2, b2: x * rearrange(
+        torch.sigmoid(torch.relu(reduce(x, "b c t h w -> b c", "mean") @ w1.T) @ w2.T), "b c -> b c 1 1 1"))
+
+
+def test_exercise_01_3_finds_the_batch_squeeze_bug():
+    assert passes("01.3", se_forward)
+    ok, line = verdict("01.3", se_forward_buggy)
+    assert not ok and "other images share its batch" in line and "->" not in line
+    assert not passes("01.3", lambda u, fc1, fc2: u * rearrange(
+        torch.sigmoid(fc2(torch.relu(fc1(reduce(u, "b c h w -> b c", "sum"))))), "b c -> b c 1 1"))
+    assert not passes("01.3", lambda u, fc1, fc2: u * rearrange(
+        torch.softmax(fc2(torch.relu(fc1(reduce(u, "b c h w -> b c", "mean")))), dim=-1), "b c -> b c 1 1"))
+
+
+def test_exercise_01_4_counts_paper_width_and_timm():
+    paper, timm = 89_080, 90_112             # 2 x (580 + 2,184 + 8,464 + 33,312); hidden 8 instead of 4 at C = 64
+    assert passes("01.4", (paper, timm))
+    assert passes("01.4", [paper, timm])
+    for wrong in ((paper, paper), (timm, timm), (paper - 1, timm), (2 * 2 * 64 * 4, timm),
+                  (float(paper), timm), (paper,), paper):
+        assert not passes("01.4", wrong), wrong
+    ok, line = verdict("01.4", (paper + 10, timm))
+    assert not ok and "too high" in line and str(paper) not in line and f"{paper:,}" not in line
+
+
+def test_exercise_01_4_reference_widths_follow_timm_make_divisible():
+    from tutorial_lib.exercises.nb01 import _timm_hidden
+    # timm/layers/helpers.py make_divisible(C / 16, 8, round_limit=0.): nearest multiple of 8, at least 8
+    assert [_timm_hidden(c) for c in (64, 96, 128, 160, 256, 512, 1024, 2048)] == [8, 8, 8, 8, 16, 32, 64, 128]
+
+
+def test_exercise_hints_and_messages_hold_no_solution():
+    for ex in list_exercises("01."):
+        assert "->" not in ex.hint and "dim=" not in ex.hint and "reduce(" not in ex.hint, ex.id
+    ok, line = verdict("01.2", se_video_per_frame)
+    assert not ok and "wrong values" in line and "->" not in line
 
 
 def test_check_prints_the_verdict_and_the_hint(capsys):
-    check("01.1", lambda x: x.sum(dim=(2, 3)))
+    check("01.3", se_forward_buggy)
     out = capsys.readouterr().out
-    assert out.startswith("✗ [01.1]") and "Hint: reduce(x, 'b c h w -> b c', 'mean')" in out
+    assert out.startswith("✗ [01.3]") and "Hint: run one image alone" in out
+    check("01.3", se_forward)
+    assert capsys.readouterr().out.startswith("✓ [01.3]")
+
+
+# --- the benchmark script runs ------------------------------------------------------------------
+
+def test_benchmark_quick_mode_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_se.py"
+    spec = importlib.util.spec_from_file_location("bench_se", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "ratio" in out and "4 x 16 x 4 x 4" in out

@@ -19,7 +19,8 @@ Where it sits: in an SE-ResNet the block is applied to the output of the residua
 from __future__ import annotations
 
 import torch
-from einops import reduce
+import torch.nn.functional as F
+from einops import rearrange, reduce
 from torch import nn
 
 from .capture import AttentionModule
@@ -60,6 +61,10 @@ class SqueezeExcitation(AttentionModule):
     ``fc1`` and ``fc2`` (the official layers), which on a (B, C, 1, 1) tensor are the fully
     connected layers of the paper. The official deploy files do not say how the layers were
     initialised; this module keeps PyTorch's default initialisation.
+
+    The forward pass applies those weights as matrix products on the (B, C) squeezed vector
+    (same numbers as the 1x1 convolutions on a 1x1 map): on a CPU the backward pass of a 1x1
+    convolution on a 1x1 map costs several times a matrix product's (``benchmarks/bench_se.py``).
     """
 
     def __init__(self, channels: int, reduction: int = 16, *, bias: bool = True) -> None:
@@ -80,9 +85,12 @@ class SqueezeExcitation(AttentionModule):
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         check_input(type(self).__name__, x, ndim=4, layout="(B, C, H, W)", channels=self.channels)
         # 1. squeeze: the spatial mean of each channel (a mean, not a sum)
-        z = reduce(x, "b c h w -> b c 1 1", "mean")
-        # 2. excitation: C -> C/r -> C, ReLU inside, sigmoid outside
-        s = self.gate(self.fc2(self.act(self.fc1(z))))
+        z = rearrange(reduce(x, "b c h w -> b c 1 1", "mean"), "b c 1 1 -> b c")
+        # 2. excitation: C -> C/r -> C, ReLU inside, sigmoid outside; fc1 and fc2 hold 1x1
+        #    kernels (out, in, 1, 1), applied here as the (out, in) matrices they are
+        hidden = self.act(F.linear(z, rearrange(self.fc1.weight, "o i 1 1 -> o i"), self.fc1.bias))
+        logits = F.linear(hidden, rearrange(self.fc2.weight, "o i 1 1 -> o i"), self.fc2.bias)
+        s = rearrange(self.gate(logits), "b c -> b c 1 1")
         # 3. scale: broadcast the (b, c, 1, 1) gate over h and w
         out = x * s
         maps = {"channel": s}
