@@ -30,6 +30,7 @@ from .notebook import setup_notebook  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
+from .a2net import DoubleAttention  # noqa: E402
 # (end of mechanisms)
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "SqueezeExcitation",
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
+    "DoubleAttention",
     # (end of mechanism names)
     # support
     "AttentionModule", "capture_attention",
