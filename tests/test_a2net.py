@@ -447,3 +447,94 @@ def test_benchmark_quick_mode_runs(capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "6x6" in out and "10x10" in out and "no N x N tensor in forward + backward: met" in out
+
+
+# --- the data set of notebook 07 ---------------------------------------------------------------
+
+def test_beacon_lookup_is_deterministic_and_well_formed():
+    d = tl.beacon_lookup(50, seed=3)
+    again = tl.beacon_lookup(50, seed=3)
+    assert torch.equal(d.images, again.images) and torch.equal(d.labels, again.labels)
+    assert not torch.equal(d.images, tl.beacon_lookup(50, seed=4).images)
+    kinds, size = 2, 8                                               # the defaults
+    assert d.images.shape == (50, kinds + 2, size, size) and d.images.dtype == torch.float32
+    assert d.labels.shape == (50, size, size) and d.masks.shape == (50, size, size)
+    assert ((d.labels >= 0).flatten(1).sum(1) == 8).all()           # 8 probes per map
+    assert (d.masks.flatten(1).sum(1) == kinds).all()                # one beacon per kind
+    assert set(d.labels.unique().tolist()) == {-100, 0, 1}
+
+
+def test_beacon_lookup_labels_are_the_bits_of_the_beacon_of_the_probes_kind():
+    d = tl.beacon_lookup(40, kinds=3, size=7, probes=5, decoys=4, noise=0.0, seed=1)
+    for i in range(len(d)):
+        img, lab = d.images[i], d.labels[i]
+        beacons = torch.nonzero(d.masks[i])
+        bit_of_kind = {}
+        for y, x in beacons.tolist():
+            kind = int(img[:3, y, x].argmax())
+            assert img[3, y, x] == 1.0 and img[:3, y, x].sum() == 1.0
+            bit_of_kind[kind] = int(img[4, y, x] > 0)
+        assert sorted(bit_of_kind) == [0, 1, 2]
+        for y, x in torch.nonzero(lab >= 0).tolist():
+            assert img[3, y, x] == 0.0 and img[4, y, x] == 0.0        # a probe carries no flag, no bit
+            assert lab[y, x] == bit_of_kind[int(img[:3, y, x].argmax())]
+        decoys = (img[:3].sum(0) == 1) & (img[3] == 0) & (lab < 0)
+        assert int(decoys.sum()) == 4 and (img[4][decoys].abs() == 1).all()
+    # no single position tells a probe its answer: probe pixels do not depend on the bits
+    assert abs((d.labels == 1).sum().item() / (d.labels >= 0).sum().item() - 0.5) < 0.1
+
+
+def test_beacon_lookup_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="kinds \\+ probes \\+ decoys <= size \\* size"):
+        tl.beacon_lookup(5, size=3, kinds=2, probes=6, decoys=3)
+    with pytest.raises(ValueError, match="noise >= 0"):
+        tl.beacon_lookup(5, noise=-1.0)
+    with pytest.raises(ValueError, match="beacon_lookup: n"):
+        tl.beacon_lookup(0)
+
+
+# --- exercises of notebook 07 ---------------------------------------------------------------
+
+from tutorial_lib.exercises import passes  # noqa: E402
+
+
+def test_exercise_07_1_masked_gather():
+    def right(a, b, valid):
+        scores = b.masked_fill(~valid[:, None, :], float("-inf"))
+        return einsum(a, torch.softmax(scores, dim=-1), "b m s, b n s -> b m n")
+
+    def unmasked(a, b, valid):
+        return einsum(a, torch.softmax(b, dim=-1), "b m s, b n s -> b m n")
+
+    def zeroed_not_renormalised(a, b, valid):
+        weights = torch.softmax(b, dim=-1) * valid[:, None, :]
+        return einsum(a, weights, "b m s, b n s -> b m n")
+
+    def features_masked_only(a, b, valid):
+        return einsum(a * valid[:, None, :], torch.softmax(b, dim=-1), "b m s, b n s -> b m n")
+
+    assert passes("07.1", right)
+    for wrong in (unmasked, zeroed_not_renormalised, features_masked_only):
+        assert not passes("07.1", wrong), wrong.__name__
+
+
+def test_exercise_07_2_tiling_prediction():
+    assert passes("07.2", (1.0, 0.25))
+    for wrong in ((0.25, 1.0), (1.0, 1.0), (4.0, 1.0), 1.0, (1.0,)):
+        assert not passes("07.2", wrong)
+
+
+def test_exercise_07_3_right_first_count():
+    def right(c, m, n, positions):
+        return c * (m + 2 * n) * positions + (n + m) * positions ** 2 + c * m * positions
+
+    assert passes("07.3", right)
+    assert not passes("07.3", lambda c, m, n, p: (n + m) * p ** 2)                      # no convs
+    assert not passes("07.3", lambda c, m, n, p: 2 * right(c, m, n, p))                 # FLOPs, not MACs
+    assert not passes("07.3", lambda c, m, n, p: c * (m + 2 * n) * p + 2 * m * n * p + c * m * p)
+
+
+def test_exercise_07_4_batch_copies_prediction():
+    assert passes("07.4", 0.25)
+    for wrong in (1.0, 0.5, 1 / 20):
+        assert not passes("07.4", wrong)

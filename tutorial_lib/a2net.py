@@ -29,7 +29,7 @@ chooses the cheaper order, and ``order="literal"`` keeps the paper's.
 from __future__ import annotations
 
 import torch
-from einops import einsum, pack, rearrange, unpack
+from einops import einsum, rearrange, unpack
 from torch import nn
 
 from .capture import AttentionModule
@@ -172,7 +172,8 @@ class DoubleAttention(AttentionModule):
         nd = self.spatial_dims
         check_input(name, x, ndim=nd + 2, layout=LAYOUTS[nd], channels=self.in_channels)
         check_bool(name, "return_attention", return_attention)
-        flat, grid = pack([x], "b c *")                                  # (B, c, N)
+        grid = [x.shape[2:]]
+        flat = rearrange(x, "b c ... -> b c (...)")                      # (B, c, N), a view
         m, n = self.c_m, self.c_n
         weight, bias = _matrix(self.embed.weight), self.embed.bias       # (m + 2n, c), (m + 2n,)
         if self._resolve_order(flat.shape[-1]) == "literal":
