@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         fwd_ratio = r["fwd_time_ours"] / r["fwd_time_ref"]
         train_ratio = r["train_time_ours"] / r["train_time_ref"]
         lines.append(
-            f"{size:>3}x{size:<3} {n:>5} {block._resolve_order(n):>7} | "
+            f"{size:>3}x{size:<3} {n:>5} {block.order_for(n):>7} | "
             f"{r['fwd_time_ref'] * 1e3:>8.2f}/{r['fwd_time_ours'] * 1e3:<8.2f} {fwd_ratio:>5.2f} | "
             f"{r['train_time_ref'] * 1e3:>8.2f}/{r['train_time_ours'] * 1e3:<8.2f} {train_ratio:>5.2f} | "
             f"{r['fwd_mem_ref'] / MiB:>7.1f}/{r['fwd_mem_ours'] / MiB:<7.1f} {nxn:>8.1f}")

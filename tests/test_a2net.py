@@ -129,14 +129,14 @@ def test_the_two_orders_agree_in_float32_at_a_realistic_size():
 
 
 def test_auto_picks_the_cheaper_order():
-    assert DoubleAttention(256, 64, 64)._resolve_order(56 * 56) == "folded"   # m = n: always folded
+    assert DoubleAttention(256, 64, 64).order_for(56 * 56) == "folded"   # m = n: always folded
     narrow = DoubleAttention(16, 1, 16)                                      # n (c - m) >= c m
-    assert narrow._resolve_order(100) == "literal"
+    assert narrow.order_for(100) == "literal"
     for block in (DoubleAttention(256, 64, 64), narrow, DoubleAttention(32, 8, 2, reconstruct=False,
                                                                           residual=False)):
         n_pos = 100
         cheaper = min(ORDERS, key=lambda o: block.multiply_adds(n_pos, o))
-        assert block._resolve_order(n_pos) == cheaper
+        assert block.order_for(n_pos) == cheaper
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -524,14 +524,12 @@ def test_exercise_07_2_tiling_prediction():
         assert not passes("07.2", wrong)
 
 
-def test_exercise_07_3_right_first_count():
-    def right(c, m, n, positions):
-        return c * (m + 2 * n) * positions + (n + m) * positions ** 2 + c * m * positions
-
-    assert passes("07.3", right)
-    assert not passes("07.3", lambda c, m, n, p: (n + m) * p ** 2)                      # no convs
-    assert not passes("07.3", lambda c, m, n, p: 2 * right(c, m, n, p))                 # FLOPs, not MACs
-    assert not passes("07.3", lambda c, m, n, p: c * (m + 2 * n) * p + 2 * m * n * p + c * m * p)
+def test_exercise_07_3_break_even():
+    assert passes("07.3", lambda c, m, n: 2 * m * n // (m + n) + 1)
+    assert not passes("07.3", lambda c, m, n: 2 * m * n / (m + n))                  # the bound, not the first N
+    assert not passes("07.3", lambda c, m, n: 2 * m * n // (m + n))
+    assert not passes("07.3", lambda c, m, n: m * n)                                # forgot the 2 and the m + n
+    assert not passes("07.3", lambda c, m, n: (m + n) // 2 + 1)
 
 
 def test_exercise_07_4_batch_copies_prediction():

@@ -148,7 +148,7 @@ class DoubleAttention(AttentionModule):
         ``order`` is "literal" or "folded" (default: the order the module uses at that size).
         """
         c, m, n, big_n = self.in_channels, self.c_m, self.c_n, positions
-        order = self._resolve_order(big_n) if order is None else check_choice(
+        order = self.order_for(big_n) if order is None else check_choice(
             type(self).__name__, "order", order, ORDERS[1:])
         out_width = c if self.reconstruct else m
         if order == "literal":
@@ -157,7 +157,7 @@ class DoubleAttention(AttentionModule):
         total = big_n * c * 2 * n + big_n * c * n + m * c * n + big_n * out_width * n
         return total + (c * m * n if self.reconstruct else 0)
 
-    def _resolve_order(self, positions: int) -> str:
+    def order_for(self, positions: int) -> str:
         """The order used for ``positions`` positions: the one asked for, or the cheaper one."""
         if self.order != "auto":
             return self.order
@@ -176,7 +176,7 @@ class DoubleAttention(AttentionModule):
         flat = rearrange(x, "b c ... -> b c (...)")                      # (B, c, N), a view
         m, n = self.c_m, self.c_n
         weight, bias = _matrix(self.embed.weight), self.embed.bias       # (m + 2n, c), (m + 2n,)
-        if self._resolve_order(flat.shape[-1]) == "literal":
+        if self.order_for(flat.shape[-1]) == "literal":
             a, b_maps, v = _conv1x1(weight, bias, flat).split([m, n, n], dim=1)  # A, B, V: (B, ., N)
             s = torch.softmax(b_maps, dim=-1)                            # over space: rows sum to 1
             vs = torch.softmax(v, dim=1)                                 # over the n descriptors

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ..a2net import DoubleAttention
 from ..cost import count_flops
 from .core import exercise, expect_close, expect_prediction, random_input
 
@@ -69,26 +70,35 @@ def _check_tiling(prediction):
     expect_prediction(prediction[1], survey, "the survey snippet's gather (mean over positions)", rel=0.05)
 
 
-def _right_first_block(x, w_embed, w_out, m, n):
-    """The block in the other order: the N x N matrix W = softmax_n(V)ᵀ softmax_space(B) first."""
+def _table_first_block(x, w_embed, w_out, m, n):
+    """The block in the other order: the N x N table W = softmax_n(V)ᵀ softmax_space(B) first."""
     a, b, v = torch.split(torch.matmul(w_embed, x), [m, n, n], dim=1)
-    w = torch.matmul(torch.softmax(v, dim=1).transpose(1, 2), torch.softmax(b, dim=-1))  # (B, N, N)
-    z = torch.matmul(a, w.transpose(1, 2))
+    table = torch.matmul(torch.softmax(v, dim=1).transpose(1, 2), torch.softmax(b, dim=-1))  # (B, N, N)
+    z = torch.matmul(a, table.transpose(1, 2))
     return x + torch.matmul(w_out, z)
 
 
-@exercise("07.3", "multiply-adds of the N x N order",
-          hint="count a product as rows x inner size x columns: forming the N x N matrix from the n maps "
-               "and n vectors, then applying it to the m x N features; add the three input 1x1 "
-               "convolutions (m + 2n outputs) and W_out (m -> c), per image")
-def _check_right_first(fn):
-    for c, m, n, positions in ((8, 4, 2, 12), (6, 3, 5, 20), (16, 8, 8, 9), (5, 1, 1, 30)):
-        x = random_input(1, c, positions, seed=75)
-        w_embed, w_out = random_input(m + 2 * n, c, seed=76), random_input(c, m, seed=77)
-        counted = count_flops(_right_first_block, x, w_embed, w_out, m, n) // 2
-        got = fn(c, m, n, positions)
-        assert got == counted, (f"for c={c}, m={m}, n={n}, N={positions} the N x N order takes {counted:,} "
-                                f"multiply-adds (counted), but your formula gives {got}")
+def _break_even(c: int, m: int, n: int) -> int:
+    """Smallest N at which the table-first order takes more multiply-adds than the paper's order."""
+    gather_first = DoubleAttention(c, m, n, spatial_dims=1, order="literal").to("meta")
+    w_embed = torch.empty(m + 2 * n, c, device="meta")
+    w_out = torch.empty(c, m, device="meta")
+    for positions in range(1, 10 * (m + n) + 2):
+        x = torch.empty(1, c, positions, device="meta")
+        if count_flops(_table_first_block, x, w_embed, w_out, m, n) > count_flops(gather_first, x):
+            return positions
+    raise RuntimeError("internal: no break-even found")
+
+
+@exercise("07.3", "where forming the N x N table stops paying",
+          hint="write both multiply-add counts per image as functions of N; the convolutions are the same "
+               "in both orders and cancel. One order grows like N·N, the other like N: solve for N")
+def _check_break_even(fn):
+    for c, m, n in ((16, 8, 8), (32, 4, 12), (8, 3, 5), (64, 64, 64), (12, 2, 9)):
+        counted = _break_even(c, m, n)
+        got = fn(c, m, n)
+        assert got == counted, (f"for c={c}, m={m}, n={n} the table-first order first costs more at "
+                                f"N = {counted} positions (counted), but your answer is {got}")
 
 
 def _batch_softmax_maps(x: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
