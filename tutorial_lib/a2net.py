@@ -29,7 +29,8 @@ chooses the cheaper order, and ``order="literal"`` keeps the paper's.
 from __future__ import annotations
 
 import torch
-from einops import einsum, rearrange, unpack
+import torch.nn.functional as F
+from einops import rearrange, unpack
 from torch import nn
 
 from .capture import AttentionModule
@@ -40,6 +41,7 @@ __all__ = ["DoubleAttention", "ORDERS"]
 ORDERS = ("auto", "literal", "folded")
 LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class DoubleAttention(AttentionModule):
@@ -175,23 +177,28 @@ class DoubleAttention(AttentionModule):
         grid = [x.shape[2:]]
         flat = rearrange(x, "b c ... -> b c (...)")                      # (B, c, N), a view
         m, n = self.c_m, self.c_n
-        weight, bias = _matrix(self.embed.weight), self.embed.bias       # (m + 2n, c), (m + 2n,)
+        conv = CONV_FN[nd]
+        weight, bias = self.embed.weight, self.embed.bias                # rows: φ (m), θ (n), ρ (n)
         if self.order_for(flat.shape[-1]) == "literal":
-            a, b_maps, v = _conv1x1(weight, bias, flat).split([m, n, n], dim=1)  # A, B, V: (B, ., N)
+            embedded = rearrange(conv(x, weight, bias), "b o ... -> b o (...)")
+            a, b_maps, v = embedded.split([m, n, n], dim=1)              # A, B, V: (B, ., N)
             s = torch.softmax(b_maps, dim=-1)                            # over space: rows sum to 1
             vs = torch.softmax(v, dim=1)                                 # over the n descriptors
-            g = einsum(a, s, "b m s, b n s -> b m n")                    # gather: weighted sums
-            z = einsum(g, vs, "b m n, b n s -> b m s")                   # distribute
-            branch = _conv1x1(_matrix(self.out.weight), self.out.bias, z) if self.reconstruct else z
-            out = flat + branch if self.residual else branch
+            g = torch.bmm(a, rearrange(s, "b n p -> b p n"))             # gather: G = A Sᵀ, weighted sums
+            z = torch.bmm(g, vs)                                         # distribute: Z = G softmax_n(V)
+            if self.reconstruct:
+                z = rearrange(conv(unpack(z, grid, "b m *")[0], self.out.weight, self.out.bias),
+                              "b c ... -> b c (...)")
+            out = flat + z if self.residual else z
         else:
-            b_maps, v = _conv1x1(weight[m:], bias[m:], flat).split([n, n], dim=1)  # B, V only
+            embedded = rearrange(conv(x, weight[m:], bias[m:]), "b o ... -> b o (...)")
+            b_maps, v = embedded.split([n, n], dim=1)                    # B, V only: A is never formed
             s = torch.softmax(b_maps, dim=-1)
             vs = torch.softmax(v, dim=1)
-            pooled = einsum(flat, s, "b c s, b n s -> b c n")            # X Sᵀ: n pooled inputs
-            g = _conv1x1(weight[:m], bias[:m], pooled)                   # W_φ (X Sᵀ) + b_φ = A Sᵀ
-            h = _conv1x1(_matrix(self.out.weight), self.out.bias, g) if self.reconstruct else g
-            # out = X + H softmax_n(V) in one fused multiply-add (or the branch alone)
+            pooled = torch.bmm(flat, rearrange(s, "b n p -> b p n"))     # X Sᵀ: n pooled inputs
+            g = _linear(_matrix(weight[:m]), bias[:m], pooled)           # W_φ (X Sᵀ) + b_φ = A Sᵀ
+            h = _linear(_matrix(self.out.weight), self.out.bias, g) if self.reconstruct else g
+            # out = X + H softmax_n(V) in one batched multiply-add (or the branch alone): Z is never formed
             out = torch.baddbmm(flat, h, vs) if self.residual else torch.bmm(h, vs)
         out = unpack(out, grid, "b c *")[0]
         if not (return_attention or self.capturing):
@@ -208,12 +215,6 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return rearrange(weight, "o c ... -> o (c ...)")
 
 
-def _conv1x1(weight: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution on flattened positions: weight (o, c) times t (B, c, N), plus bias (o,).
-
-    One batched multiply-add (bias broadcast over the batch and the positions).
-    """
-    batched = weight.expand(t.shape[0], -1, -1)
-    if bias is None:
-        return torch.bmm(batched, t)
-    return torch.baddbmm(rearrange(bias, "o -> o 1"), batched, t)
+def _linear(weight: torch.Tensor, bias: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """weight (o, c) applied to every column of t (B, c, n), plus bias (o,): W_φ or W_out on descriptors."""
+    return torch.matmul(weight, t) + rearrange(bias, "o -> o 1")
