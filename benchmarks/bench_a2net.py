@@ -11,8 +11,9 @@ Both sides compute the same block with the same weights (checked before timing):
   the descriptors for the attention vectors, ``bmm`` for the gather, ``matmul`` for the
   distribution, the reconstruction convolution; plus the residual X + (...) of the paper's block,
   which that code leaves to its caller;
-* ``tl.DoubleAttention``: one fused embedding convolution, and W_φ and W_out moved onto the n
-  descriptors (``order="auto"`` picks that order at these sizes); neither A nor Z is formed.
+* ``tl.DoubleAttention``: one fused embedding convolution; ``order="auto"`` takes the paper's
+  order where it needs fewer multiply-adds (14x14 here) and otherwise moves W_φ and W_out onto the
+  n descriptors, so that neither A nor Z is formed (the table says which order ran).
 
 For each map size it measures, single-threaded by default, the median time of a forward pass
 without gradients and of a forward + backward pass (the two sides alternate call by call, so

@@ -8,7 +8,7 @@ notebook ``07_double_attention.ipynb``).
 The method section, on a feature map X with c channels and N = h·w positions (N = d·h·w for
 a video clip of d frames), positions flattened into columns (c x N):
 
-1. Three 1x1 convolutions (run here as one convolution with m + 2n output channels):
+1. Three 1x1 convolutions (stored here as one convolution with m + 2n output channels):
    A = φ(X) (m x N, the features to gather), B = θ(X) (n x N, n attention maps),
    V = ρ(X) (n x N, one attention vector per position).
 2. Gather (second-order attention pooling): every attention map is normalised by a softmax
