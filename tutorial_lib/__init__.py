@@ -23,8 +23,9 @@ from .capture import AttentionModule, capture_attention  # noqa: E402
 from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa: E402
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
-from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, attention_on_mask, channel_signal,  # noqa: E402
-                   handmade_features, objects_on_clutter, objects_on_clutter_multilabel, sample_image)
+from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, attention_on_mask, beacon_lookup,  # noqa: E402
+                   channel_signal, handmade_features, objects_on_clutter, objects_on_clutter_multilabel,
+                   sample_image)
 from .metrics import mean_average_precision  # noqa: E402
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
@@ -32,6 +33,7 @@ from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
 from .csra import CSRA, MultiHeadCSRA  # noqa: E402
+from .a2net import DoubleAttention  # noqa: E402
 # (end of mechanisms)
 
 __version__ = "0.1.0"
@@ -49,13 +51,14 @@ __all__ = [
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
     "CSRA", "MultiHeadCSRA",
+    "DoubleAttention",
     # (end of mechanism names)
     # support
     "AttentionModule", "capture_attention",
     "ShapeError", "check_shape", "describe_shape", "show_shape",
     "count_flops", "count_parameters", "format_bytes", "format_count", "measure_latency", "peak_memory",
-    "FEATURE_NAMES", "LabelledImages", "attention_on_mask", "channel_signal", "handmade_features",
-    "objects_on_clutter", "sample_image", "MultiLabelImages", "objects_on_clutter_multilabel",
+    "FEATURE_NAMES", "LabelledImages", "MultiLabelImages", "attention_on_mask", "beacon_lookup", "channel_signal",
+    "handmade_features", "objects_on_clutter", "objects_on_clutter_multilabel", "sample_image",
     "mean_average_precision",
     "setup_notebook",
     *_LAZY,

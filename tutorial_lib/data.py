@@ -30,6 +30,7 @@ __all__ = [
     "attention_on_mask",
     "MultiLabelImages",
     "objects_on_clutter_multilabel",
+    "beacon_lookup",
 ]
 
 # 6x6 glyphs, drawn on an 8x8 tile (1-pixel border of tile colour). 1 = glyph pixel.
@@ -460,5 +461,67 @@ def objects_on_clutter_multilabel(n: int = 2000, *, size: int = 32, objects: int
         class_names=names,
         masks=torch.from_numpy(masks),
         description=(f"{name}(n={n}, size={size}, objects={objects!r}, clutter={clutter}, "
+                     f"noise={noise}, seed={seed})"),
+    )
+
+
+# --- notebook 07: gather a few global descriptors, distribute them per position ---
+
+def beacon_lookup(n: int = 1500, *, size: int = 8, kinds: int = 2, probes: int = 8, decoys: int = 3,
+                  noise: float = 0.1, seed: int = 0) -> LabelledImages:
+    """Every probe must report the bit of the one beacon of its own kind, wherever that is.
+
+    Each map (``size`` x ``size``) holds one *beacon* per kind (``kinds`` of them) carrying a
+    random bit, ``probes`` probe positions of random kinds, and ``decoys`` positions of random
+    kinds carrying random bits but no beacon flag; all at distinct random places. Channels:
+    ``0 .. kinds-1`` the kind (one-hot, at beacons, probes and decoys), ``kinds`` the beacon flag,
+    ``kinds + 1`` the bit as +1 or -1 (beacons and decoys). Gaussian noise of standard deviation
+    ``noise`` is added to every channel everywhere, from its own random stream.
+
+    ``labels`` (N, size, size) is a per-position target: at a probe, 1 if the beacon of the
+    probe's kind carries +1, else 0; -100 elsewhere (ignored by ``F.cross_entropy``). ``masks``
+    marks the beacons, the only places worth gathering from (chance share ``kinds / size²``).
+    No local filter can answer (the beacon is anywhere); one global summary broadcast to every
+    position must hold all ``kinds`` bits and leave each probe to pick its own; a few gathered
+    descriptors, one per kind, distributed by each probe's kind, fit the task exactly.
+    """
+    n = _check_n("beacon_lookup: n", n)
+    size = _check_n("beacon_lookup: size", size, minimum=2)
+    kinds = _check_n("beacon_lookup: kinds", kinds)
+    probes = _check_n("beacon_lookup: probes", probes)
+    decoys = _check_n("beacon_lookup: decoys", decoys, minimum=0)
+    if kinds + probes + decoys > size * size:
+        raise ValueError(f"beacon_lookup: expected kinds + probes + decoys <= size * size ({size * size}), "
+                         f"but got {kinds + probes + decoys}")
+    if noise < 0:
+        raise ValueError(f"beacon_lookup: expected noise >= 0, but got {noise}")
+    rng = np.random.default_rng([seed, 3])
+    places = np.argsort(rng.random((n, size * size)), axis=1)[:, :kinds + probes + decoys]
+    beacon, probe, decoy = np.split(places, [kinds, kinds + probes], axis=1)
+    bits = rng.choice([-1.0, 1.0], (n, kinds))
+    probe_kind = rng.integers(0, kinds, (n, probes))
+    decoy_kind = rng.integers(0, kinds, (n, decoys))
+    decoy_bits = rng.choice([-1.0, 1.0], (n, decoys))
+    row = np.arange(n)[:, None]
+    images = np.zeros((n, kinds + 2, size * size))
+    images[row, np.arange(kinds)[None], beacon] = 1.0                  # beacon k has kind k
+    images[row, kinds, beacon] = 1.0
+    images[row, kinds + 1, beacon] = bits
+    images[row, probe_kind, probe] = 1.0
+    images[row, decoy_kind, decoy] = 1.0
+    images[row, kinds + 1, decoy] = decoy_bits
+    labels = np.full((n, size * size), -100, dtype=np.int64)
+    labels[row, probe] = (np.take_along_axis(bits, probe_kind, axis=1) > 0).astype(np.int64)
+    masks = np.zeros((n, size * size), dtype=bool)
+    masks[row, beacon] = True
+    noise_rng = np.random.default_rng([seed, 4])
+    images = images + noise * noise_rng.standard_normal(images.shape)
+    shape = (n, size, size)
+    return LabelledImages(
+        images=torch.from_numpy(images.reshape(n, kinds + 2, size, size).astype(np.float32)),
+        labels=torch.from_numpy(labels.reshape(shape)),
+        class_names=("bit 0", "bit 1"),
+        masks=torch.from_numpy(masks.reshape(shape)),
+        description=(f"beacon_lookup(n={n}, size={size}, kinds={kinds}, probes={probes}, decoys={decoys}, "
                      f"noise={noise}, seed={seed})"),
     )
