@@ -654,3 +654,71 @@ def test_fine_grained_mark_scales_and_bad_arguments():
         tl.fine_grained_details(10, mark=0)
     with pytest.raises(ValueError, match="noise >= 0"):
         tl.fine_grained_details(10, noise=-1.0)
+
+
+# --- exercises of notebook 06 ----------------------------------------------------------------
+
+def test_exercise_06_1_prediction():
+    assert passes("06.1", 1.0)
+    assert passes("06.1", 1.05)
+    assert not passes("06.1", 5.0)          # dense + 1: forgets that the columns share the cap
+    assert not passes("06.1", 4.0)
+    assert not passes("06.1", "1")
+
+
+def test_exercise_06_2_magnification():
+    def right(grid, size):
+        y = (grid[:, :, 0, 1] + 1) * (size - 1) / 2
+        return (size - 1) / grid.shape[1] / (y[:, 1:] - y[:, :-1])
+
+    def columns_instead(grid, size):
+        x = (grid[:, 0, :, 0] + 1) * (size - 1) / 2
+        return (size - 1) / grid.shape[1] / (x[:, 1:] - x[:, :-1])
+
+    def spacing_not_magnification(grid, size):
+        y = (grid[:, :, 0, 1] + 1) * (size - 1) / 2
+        return (y[:, 1:] - y[:, :-1]) / ((size - 1) / grid.shape[1])
+
+    def normalised_span_forgotten(grid, size):
+        y = grid[:, :, 0, 1] * (size - 1)
+        return (size - 1) / grid.shape[1] / (y[:, 1:] - y[:, :-1])
+
+    assert passes("06.2", right)
+    for wrong in (columns_instead, spacing_not_magnification, normalised_span_forgotten):
+        assert not passes("06.2", wrong)
+
+
+def test_exercise_06_3_multiply_adds():
+    assert passes("06.3", lambda c, h, w: 2 * c * c * h * w)
+    assert not passes("06.3", lambda c, h, w: c * c * h * w)          # one product only
+    assert not passes("06.3", lambda c, h, w: 4 * c * c * h * w)      # FLOPs, not multiply-adds
+    assert not passes("06.3", lambda c, h, w: 2 * c * h * w * h * w)  # an N x N affinity
+
+
+def test_exercise_06_4_detail_probabilities():
+    def right(maps):
+        sums = maps.sum(dim=(2, 3))
+        equal = sums[:, :, None] == sums[:, None, :]
+        earlier = torch.ones(sums.shape[1], sums.shape[1], dtype=torch.bool).tril(diagonal=-1)
+        first = ~(equal & earlier).any(dim=-1)
+        return first.float() / first.float().sum(dim=-1, keepdim=True)
+
+    def sorted_order(maps):                           # the official Structure_Att mask (issue #3)
+        sums = maps.sum(dim=(2, 3))
+        ordered, _ = torch.sort(sums, dim=-1)
+        mask = torch.cat([torch.ones_like(ordered[:, :1]), (ordered[:, 1:] != ordered[:, :-1]).float()], dim=1)
+        return mask / mask.sum(dim=-1, keepdim=True)
+
+    def ignores_duplicates(maps):
+        return torch.full(maps.shape[:2], 1.0 / maps.shape[1])
+
+    assert passes("06.4", right)
+    assert not passes("06.4", sorted_order)
+    assert not passes("06.4", ignores_duplicates)
+
+
+def test_exercise_checkers_report_not_done():
+    from tutorial_lib.exercises import verdict
+    for exercise_id in ("06.1", "06.2", "06.3", "06.4"):
+        ok, line = verdict(exercise_id, ...)
+        assert not ok and "not done yet" in line
