@@ -354,7 +354,7 @@ def test_sampling_map_bad_inputs(call, error, match):
 def test_uniform_map_gives_the_linear_grid(size, out, map_size):
     sampler = AttentionSampler(out)
     rows, cols = sampler.coordinates(torch.full((2, map_size, map_size), 0.3, dtype=torch.float64), size)
-    linear = 2 * torch.arange(out, dtype=torch.float64) / out - 1          # MECHANISMS §7.4
+    linear = 2 * torch.arange(out, dtype=torch.float64) / out - 1          # an ordinary down-scaling
     torch.testing.assert_close(rows, linear.expand(2, -1))
     torch.testing.assert_close(cols, linear.expand(2, -1))
 

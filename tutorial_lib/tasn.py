@@ -235,7 +235,8 @@ class AttentionSampler(AttentionModule):
        mass of the interval between pixel k-1 and pixel k is m(k)); output sample i goes to
        the position u_i where the piecewise-linear c reaches i·c(S-1)/out_size; normalised as
        2u_i/(S - 1) - 1. A uniform map gives u_i = i(S - 1)/out_size, i.e. the linear grid
-       2i/out_size - 1 (MECHANISMS §7.4).
+       2i/out_size - 1: an ordinary down-scaling whose last sample stops at
+       (S - 1)(1 - 1/out_size), short of the border.
     5. **Separable grid**: output pixel (i, j) samples the image at
        (x, y) = (u^c_j, u^r_i): rows depend on the row profile, columns on the column
        profile, linked only through the shared cap t.
@@ -247,8 +248,8 @@ class AttentionSampler(AttentionModule):
     sum at c(0) = 1 and its search at j = 0, so output sample 0 reads c(-1): memory before the
     buffer for the first image, the previous image's total for the others. We use c(0) = 0
     and start the search at j = 1, as the repository's PyTorch port does: sample 0 then sits
-    exactly at pixel 0 and the uniform map gives the linear grid above (MXNet's grid is, up to
-    its sample 0, that grid shifted by about S/out_size pixels towards 0). Step 1 computes the
+    exactly at pixel 0 and the uniform map gives the linear grid above (for a flat map, MXNet's
+    samples o >= 1 sit (S/out_size)(1 - o/out_size) pixels closer to pixel 0). Step 1 computes the
     maxima of the resized map from the few rows and columns where a maximum of a linear
     interpolation can lie (exact, far cheaper than resizing); ``full_resize=True`` resizes
     the whole map first, literally.
@@ -260,7 +261,8 @@ class AttentionSampler(AttentionModule):
     operator assumes) and attention (B, h, w) of any square resolution, non-negative; returns
     (B, C, out_size, out_size), and with ``return_grid=True`` also the grid (B, out_size,
     out_size, 2) of (x, y) in [-1, 1] (``F.grid_sample``'s layout). ``out_size`` larger than S
-    is refused unless ``allow_upsampling=True``. No parameters.
+    is refused unless ``allow_upsampling=True``. No parameters. The methods ``marginals``,
+    ``density``, ``coordinates`` and ``grid`` return the intermediate steps for plotting.
     """
 
     def __init__(self, out_size: int, dense: float = DENSE, iters: int = ITERS, *,
