@@ -377,11 +377,17 @@ class AttentionSampler(AttentionModule):
         return rearrange(u, "(two b) i -> two b i", two=2)
 
     def _grid(self, coords: torch.Tensor) -> torch.Tensor:
-        """(B, out, out, 2): output pixel (i, j) samples at (x, y) = (column j, row i) (step 5)."""
+        """(B, out, out, 2): output pixel (i, j) samples at (x, y) = (column j, row i) (step 5).
+
+        Written as two planes (B, 2, out, out) and returned as a (B, out, out, 2) view, which
+        ``F.grid_sample`` reads as fast as a contiguous grid and which is several times
+        cheaper to fill than an interleaved one.
+        """
         n = self.out_size
-        gx = rearrange(coords[1], "b j -> b 1 j").expand(-1, n, -1)
-        gy = rearrange(coords[0], "b i -> b i 1").expand(-1, -1, n)
-        return torch.stack([gx, gy], dim=-1)
+        planes = coords.new_empty(coords.shape[1], 2, n, n)
+        planes[:, 0] = rearrange(coords[1], "b j -> b 1 j")            # x: the column's coordinate
+        planes[:, 1] = rearrange(coords[0], "b i -> b i 1")            # y: the row's coordinate
+        return rearrange(planes, "b two i j -> b i j two")
 
     def _check_attention(self, attention: object, size: int) -> torch.Tensor:
         name = type(self).__name__
