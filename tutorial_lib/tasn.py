@@ -260,7 +260,8 @@ class AttentionSampler(AttentionModule):
     **Shapes.** ``sampler(images, attention)`` with images (B, C, S, S) (square, as the official
     operator assumes) and attention (B, h, w) of any square resolution, non-negative; returns
     (B, C, out_size, out_size), and with ``return_grid=True`` also the grid (B, out_size,
-    out_size, 2) of (x, y) in [-1, 1] (``F.grid_sample``'s layout). ``out_size`` larger than S
+    out_size, 2) of (x, y) in [-1, 1] (``F.grid_sample``'s layout; a view of two planes, call
+    ``.contiguous()`` if a packed tensor is needed). ``out_size`` larger than S
     is refused unless ``allow_upsampling=True``. No parameters. The methods ``marginals``,
     ``density``, ``coordinates`` and ``grid`` return the intermediate steps for plotting.
     """
