@@ -24,8 +24,8 @@ from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa:
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
 from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, attention_on_mask, beacon_lookup,  # noqa: E402
-                   channel_signal, handmade_features, objects_on_clutter, objects_on_clutter_multilabel,
-                   sample_image)
+                   channel_signal, fine_grained_details, handmade_features, objects_on_clutter,
+                   objects_on_clutter_multilabel, sample_image)
 from .metrics import mean_average_precision  # noqa: E402
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
@@ -33,6 +33,7 @@ from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
 from .csra import CSRA, MultiHeadCSRA  # noqa: E402
+from .tasn import AttentionSampler, TrilinearAttention, detail_map, distillation_loss, structure_map  # noqa: E402
 from .a2net import DoubleAttention  # noqa: E402
 # (end of mechanisms)
 
@@ -51,6 +52,7 @@ __all__ = [
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
     "CSRA", "MultiHeadCSRA",
+    "TrilinearAttention", "AttentionSampler", "structure_map", "detail_map", "distillation_loss",
     "DoubleAttention",
     # (end of mechanism names)
     # support
@@ -58,8 +60,8 @@ __all__ = [
     "ShapeError", "check_shape", "describe_shape", "show_shape",
     "count_flops", "count_parameters", "format_bytes", "format_count", "measure_latency", "peak_memory",
     "FEATURE_NAMES", "LabelledImages", "MultiLabelImages", "attention_on_mask", "beacon_lookup", "channel_signal",
-    "handmade_features", "objects_on_clutter", "objects_on_clutter_multilabel", "sample_image",
-    "mean_average_precision",
+    "fine_grained_details", "handmade_features", "objects_on_clutter", "objects_on_clutter_multilabel",
+    "sample_image", "mean_average_precision",
     "setup_notebook",
     *_LAZY,
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "MultiLabelImages",
     "objects_on_clutter_multilabel",
     "beacon_lookup",
+    "fine_grained_details",
 ]
 
 # 6x6 glyphs, drawn on an 8x8 tile (1-pixel border of tile colour). 1 = glyph pixel.
@@ -523,5 +524,105 @@ def beacon_lookup(n: int = 1500, *, size: int = 8, kinds: int = 2, probes: int =
         class_names=("bit 0", "bit 1"),
         masks=torch.from_numpy(masks.reshape(shape)),
         description=(f"beacon_lookup(n={n}, size={size}, kinds={kinds}, probes={probes}, decoys={decoys}, "
+                     f"noise={noise}, seed={seed})"),
+    )
+
+
+# --- notebook 06: fine-grained classes that differ only by a small detail ---------------------
+
+def _stamp(images: np.ndarray, top: np.ndarray, left: np.ndarray, shape: np.ndarray,
+           colour: np.ndarray) -> None:
+    """Paint ``colour`` (n, 3) where ``shape`` (n, k, l) is True, with its corner at (top, left).
+
+    Works on a small window per image (the part outside the image is dropped), so drawing a
+    small shape costs n·k·l, not n·H·W.
+    """
+    n, k, l = shape.shape
+    size = images.shape[-1]
+    ys = top[:, None, None] + np.arange(k)[None, :, None]
+    xs = left[:, None, None] + np.arange(l)[None, None, :]
+    keep = shape & (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)
+    which, i, j = np.nonzero(keep)
+    images[which, :, ys[which, i, 0], xs[which, 0, j]] = colour[which]
+
+
+def fine_grained_details(n: int = 2000, *, size: int = 64, mark: int = 2, clutter: int = 6,
+                         noise: float = 0.03, seed: int = 0) -> LabelledImages:
+    """Fine-grained classes: the same kind of object in every image, told apart by a small mark.
+
+    Each RGB image (``size`` x ``size``, values in [0, 1]) shows an object at a random place on
+    a cluttered background (smooth colour noise and ``clutter`` random bars and blobs): an oval
+    body of random size and colour with a round head at one end (facing left or right at
+    random), like a bird. The head carries a square patch of its own colour with one of the
+    four ``GLYPHS`` (plus, cross, ring, triangle) drawn in a contrasting ink, each glyph cell
+    ``mark`` x ``mark`` pixels (a 12x12 mark on a 14x14 patch for ``mark=2``): that mark, about
+    1/20 of a 64x64 image, is the only thing that decides the class. Everything else (where the
+    object is, its size, its colours, the clutter) is random and the same for every class, as
+    in fine-grained recognition, where all classes share the object and differ in a detail.
+    Shrunk 4 times, a ``mark=2`` glyph is 3 pixels wide, barely readable; a network that knows
+    where to look can sample it more densely. ``masks`` marks the patch of the mark. Pixel
+    noise of standard deviation ``noise`` comes last from its own random stream.
+    """
+    n = _check_n("fine_grained_details: n", n)
+    mark = _check_n("fine_grained_details: mark", mark, minimum=1)
+    patch = 6 * mark + 2                              # the glyph and a 1-pixel border
+    head_r = int(np.ceil(patch / np.sqrt(2)))         # the patch fits inside the head
+    size = _check_n("fine_grained_details: size", size, minimum=4 * head_r + 8)
+    clutter = _check_n("fine_grained_details: clutter", clutter, minimum=0)
+    if noise < 0:
+        raise ValueError(f"fine_grained_details: expected noise >= 0, but got {noise}")
+    rng = np.random.default_rng([seed, 6])
+    names = tuple(GLYPHS)
+    labels = rng.integers(0, len(names), n)
+    coarse = torch.from_numpy(rng.random((n, 3, 4, 4), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
+    images = (0.2 + 0.45 * smooth).numpy()
+    yy, xx = np.mgrid[0:12, 0:12]
+    for _ in range(clutter):                          # bars and blobs in random colours, in 12x12 windows
+        colour = rng.random((n, 3), dtype=np.float32)
+        top, left = rng.integers(-6, size - 6, n), rng.integers(-6, size - 6, n)
+        length = rng.integers(4, 11, n)[:, None, None]
+        kind = rng.integers(0, 3, n)[:, None, None]
+        radius2 = rng.integers(2, 10, n)[:, None, None]
+        bar_h = (yy < 2) & (xx < length)
+        bar_v = (xx < 2) & (yy < length)
+        blob = (yy - 5) ** 2 + (xx - 5) ** 2 <= radius2
+        _stamp(images, top, left, np.where(kind == 0, bar_h, np.where(kind == 1, bar_v, blob)), colour)
+    # the body: an oval; the head: a disc at one end, facing left or right
+    ry_max, rx_max = max(0.75 * head_r, size / 7), max(1.3 * head_r, size / 4.5)
+    ry = rng.uniform(0.7 * ry_max, ry_max, n)
+    rx = rng.uniform(0.75 * rx_max, rx_max, n)
+    facing = np.where(rng.random(n) < 0.5, 1, -1)
+    reach = rx + 1.6 * head_r                         # body centre to the far side of the head
+    cy = rng.uniform(ry + 1, size - ry - 1)
+    cx = rng.uniform(np.where(facing < 0, reach, rx) + 1, size - np.where(facing > 0, reach, rx) - 1)
+    body = (rng.random((n, 3)) * 0.6 + 0.2).astype(np.float32)
+    head = np.clip(body + rng.choice([-1, 1], (n, 3)) * rng.uniform(0.15, 0.3, (n, 3)), 0, 1).astype(np.float32)
+    by, bx = np.mgrid[0:2 * int(ry_max) + 3, 0:2 * int(rx_max) + 3]
+    top, left = np.floor(cy - int(ry_max) - 1).astype(int), np.floor(cx - int(rx_max) - 1).astype(int)
+    oval = (((by + top[:, None, None] - cy[:, None, None]) / ry[:, None, None]) ** 2
+            + ((bx + left[:, None, None] - cx[:, None, None]) / rx[:, None, None]) ** 2) <= 1
+    _stamp(images, top, left, oval, body)
+    hy = np.clip(np.round(cy - 0.5 * ry), head_r, size - head_r - 1).astype(int)
+    hx = np.clip(np.round(cx + facing * (rx + 0.6 * head_r)), head_r, size - head_r - 1).astype(int)
+    hyy, hxx = np.mgrid[-head_r:head_r + 1, -head_r:head_r + 1]
+    disc = np.broadcast_to(hyy ** 2 + hxx ** 2 <= head_r ** 2, (n, 2 * head_r + 1, 2 * head_r + 1))
+    _stamp(images, hy - head_r, hx - head_r, disc, head)
+    # the mark: a glyph in a contrasting ink on a patch (1-pixel border) of the head's colour
+    ink = (np.where(head > 0.5, head - 0.5, head + 0.5) * rng.uniform(0.8, 1.0, (n, 3))).astype(np.float32)
+    glyphs = np.stack([GLYPHS[k] for k in names]).repeat(mark, axis=1).repeat(mark, axis=2)
+    y0, x0 = hy - patch // 2, hx - patch // 2
+    _stamp(images, y0 + 1, x0 + 1, glyphs[labels], ink)
+    masks = np.zeros((n, size, size), dtype=bool)
+    rows, cols = y0[:, None] + np.arange(patch)[None], x0[:, None] + np.arange(patch)[None]
+    masks[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = True
+    noise_rng = np.random.default_rng([seed, 7])
+    images = np.clip(images + noise * noise_rng.standard_normal(images.shape, dtype=np.float32), 0.0, 1.0)
+    return LabelledImages(
+        images=torch.from_numpy(images.astype(np.float32)),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        class_names=names,
+        masks=torch.from_numpy(masks),
+        description=(f"fine_grained_details(n={n}, size={size}, mark={mark}, clutter={clutter}, "
                      f"noise={noise}, seed={seed})"),
     )
