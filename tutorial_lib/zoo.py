@@ -1,0 +1,127 @@
+"""The zoo of notebook 08: every mechanism of the course in one small backbone, on one task.
+
+One backbone for every arm, so that the mechanism is the only difference:
+
+    image (3, 32, 32)
+      -> conv-BN-ReLU 3->16, max-pool 2 -> conv-BN-ReLU 16->32, max-pool 2 -> conv-BN-ReLU 32->32
+      -> [the mechanism, on the (32, 8, 8) feature map]                     "block" arms
+      -> global average pooling -> linear 32->K                             (the plain head)
+         or CSRA on the (32, 8, 8) map                                      "head" arm
+
+* block arms (same place, same width: the last feature map, 32 channels, 8 x 8 positions):
+  ``SE`` (r = 4: 8 hidden units), ``CBAM`` (r = 4, 7x7), ``non-local`` (embedded Gaussian,
+  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC, official ratios 8/8/8),
+  ``A2`` (double attention, m = n = 8 = C/4);
+* the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
+  average pooling + linear: it is a classifier head, and belongs where the classifier is;
+* ``plain``: no mechanism, the strongest simple baseline for every arm.
+
+The TASN sampler belongs *in front of* a network, when the image has more pixels than the
+network can afford to look at; these 32 x 32 tasks give it nothing to zoom into, so the zoo
+leaves it to notebook 06 and says so.
+
+The reduction ratios are the course's choice for a 32-channel map (the official r = 16 would
+leave 2 hidden units); everything else follows each module's defaults. ``build`` makes a model
+from a seed so that every arm starts from the same backbone weights (the backbone is drawn
+first, from the seed; the mechanism after it).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "spatial_map"]
+
+ARMS = ("plain", "SE", "CBAM", "non-local", "RGA", "A2", "CSRA")
+BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA", "A2")
+WIDTH, GRID = 32, 8
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def _block(arm: str) -> nn.Module:
+    import tutorial_lib as tl
+
+    if arm == "SE":
+        return tl.SqueezeExcitation(WIDTH, reduction=4)
+    if arm == "CBAM":
+        return tl.CBAM(WIDTH, reduction=4)
+    if arm == "non-local":
+        return tl.NonLocalBlock(WIDTH)
+    if arm == "RGA":
+        return tl.RGA(WIDTH, (GRID, GRID))
+    if arm == "A2":
+        return tl.DoubleAttention(WIDTH, WIDTH // 4, WIDTH // 4)
+    return nn.Identity()
+
+
+class ZooNet(nn.Module):
+    """The backbone, one mechanism (or none) and a head; see the module docstring."""
+
+    def __init__(self, arm: str, num_classes: int) -> None:
+        super().__init__()
+        if arm not in ARMS:
+            raise ValueError(f"ZooNet: expected arm to be one of {', '.join(ARMS)}, but got {arm!r}")
+        self.arm = arm
+        self.features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
+                                      *_conv_bn(32, WIDTH))
+        self.block = _block(arm)
+        if arm == "CSRA":
+            import tutorial_lib as tl
+
+            self.head = tl.CSRA(WIDTH, num_classes)
+        else:
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTH, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.features(images)))
+
+
+def build(arm: str, num_classes: int, seed: int) -> ZooNet:
+    """A ``ZooNet`` whose backbone and plain head depend on ``seed`` only, not on the arm."""
+    torch.manual_seed(seed)
+    features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
+                             *_conv_bn(32, WIDTH))
+    plain_head = nn.Linear(WIDTH, num_classes)
+    torch.manual_seed(seed + 10_000)  # the mechanism's own weights, drawn after the shared ones
+    net = ZooNet(arm, num_classes)
+    net.features.load_state_dict(features.state_dict())
+    if arm != "CSRA":
+        net.head[2].load_state_dict(plain_head.state_dict())
+    return net
+
+
+@torch.no_grad()
+def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Where the model looks, one non-negative (B, h, w) map per image, or None (SE: no spatial map).
+
+    plain: the channel mean of the last feature map (a map that needs no attention, the control);
+    CBAM, RGA: the spatial gate; non-local: the attention weights averaged over all queries,
+    on the key grid (where the block reads from); A2: the n attention maps averaged; CSRA: the
+    class-specific attention of the class in ``labels`` (single-label) — for multi-label use the
+    maps returned by the head directly.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        features = net.features(images)
+        if net.arm == "plain":
+            return features.mean(dim=1)
+        if net.arm == "SE":
+            return None
+        if net.arm == "CSRA":
+            _, maps = net.head(features, return_attention=True)
+            chosen = labels if labels is not None else maps["attention"].flatten(2).amax(-1).argmax(-1)
+            return maps["attention"][torch.arange(len(images)), chosen]
+        _, maps = net.block(features, return_attention=True)
+        if net.arm in ("CBAM", "RGA"):
+            return maps["spatial"][:, 0]
+        if net.arm == "non-local":
+            return maps["attention"].mean(dim=1)
+        if net.arm == "A2":
+            return maps["attention_maps"].mean(dim=1)
+        raise ValueError(f"spatial_map: no map for arm {net.arm!r}")  # pragma: no cover
+    finally:
+        net.train(was_training)
