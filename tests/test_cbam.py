@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tutorial_lib as tl
-from tutorial_lib.exercises import check, passes
+from tutorial_lib.exercises import check, passes, verdict
 
 
 def randomise(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
@@ -470,34 +471,78 @@ def test_bad_inputs():
 
 # --- exercises of notebook 02 ------------------------------------------------------------------
 
-def test_exercise_checkers_accept_solutions_and_reject_mistakes():
-    from einops import pack, reduce
-
-    def channel_pool(x):
-        pooled, _ = pack([reduce(x, "b c h w -> b h w", "max"), reduce(x, "b c h w -> b h w", "mean")],
-                         "b * h w")
-        return pooled
-
-    assert passes("02.1", channel_pool) is True
-    assert passes("02.1", lambda x: torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1)) is False
-    assert passes("02.1", lambda x: torch.stack([x.amax(dim=1), x.amax(dim=1)], dim=1)) is False
-
-    def channel_gate(x, mlp):
-        return torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
-
-    assert passes("02.2", channel_gate) is True
-    assert passes("02.2", lambda x, mlp: (torch.sigmoid(mlp(x.mean(dim=(2, 3))))
-                                         + torch.sigmoid(mlp(x.amax(dim=(2, 3))))) / 2) is False
-    assert passes("02.2", lambda x, mlp: torch.sigmoid(2 * mlp(x.mean(dim=(2, 3))))) is False
-
-    def parameters(c, r, k):
-        return 2 * c * (c // r) + c // r + c + 2 * k * k + 2
-
-    assert passes("02.3", parameters) is True
-    assert passes("02.3", lambda c, r, k: 2 * c * (c // r) + c // r + c + 2 * k * k) is False
+def lse_gate_solution(x, mlp):
+    flat = x.flatten(2)
+    top = flat.amax(dim=2, keepdim=True)
+    lse = (top + (flat - top).exp().sum(dim=2, keepdim=True).log())[:, :, 0]
+    return torch.sigmoid(mlp(flat.mean(dim=2)) + mlp(lse))
 
 
-def test_check_prints_the_verdict_and_the_hint(capsys):
-    check("02.2", lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))))
-    out = capsys.readouterr().out
-    assert out.startswith("✗ [02.2]") and "Hint: sigmoid(mlp(spatial mean) + mlp(spatial max))" in out
+def test_exercise_02_1_lse_channel_gate():
+    assert passes("02.1", lse_gate_solution)
+    assert passes("02.1", lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))
+                                                      + mlp(torch.logsumexp(x.flatten(2), dim=2))))
+    naive = lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.exp().sum(dim=(2, 3)).log()))  # noqa: E731
+    ok, line = verdict("02.1", naive)
+    assert not ok and "not finite" in line          # overflows for activations around 100
+    wrongs = [
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3)))),          # CBAM's max
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(torch.logsumexp(x, dim=1).flatten(1)[:, :x.shape[1]])),
+        lambda x, mlp: (torch.sigmoid(mlp(x.mean(dim=(2, 3))))
+                        + torch.sigmoid(mlp(torch.logsumexp(x.flatten(2), dim=2)))) / 2,         # two sigmoids
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)) + torch.logsumexp(x.flatten(2), dim=2))),
+    ]
+    for wrong in wrongs:
+        assert not passes("02.1", wrong)
+
+
+def test_exercise_02_2_find_the_bug():
+    from tutorial_lib.exercises.nb02 import spatial_gate_buggy
+
+    def fixed(x, conv_weight):
+        pooled = torch.stack([x.amax(dim=1), x.mean(dim=1)], dim=1)
+        return x * torch.sigmoid(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2))
+
+    assert passes("02.2", fixed)
+    x, w = torch.randn(1, 4, 6, 5), torch.randn(1, 2, 5, 5)
+    torch.testing.assert_close(spatial_gate_buggy(x, w), fixed(x, w))   # right on one image ...
+    ok, line = verdict("02.2", spatial_gate_buggy)                      # ... wrong on a batch
+    assert not ok and ("wrong values" in line or "raised" in line)
+    assert not passes("02.2", lambda x, w: x * torch.sigmoid(F.conv2d(
+        torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1), w, padding=2)))     # [mean, max]
+    assert not passes("02.2", lambda x, w: torch.sigmoid(F.conv2d(
+        torch.stack([x.amax(dim=1), x.mean(dim=1)], dim=1), w, padding=2)))     # the gate, not the output
+
+
+def test_exercise_02_3_prediction():
+    assert passes("02.3", 64 * 0.9 / (64 * 0.9 + 960 * 0.5))
+    for wrong in (0.9, 1 / 16, 0.9 / (0.9 + 0.5), 0.9 / 16):
+        ok, line = verdict("02.3", wrong)
+        assert not ok and "the measured value is 0.1071" in line
+    assert not passes("02.3", "0.107")
+
+
+def test_exercise_02_4_window_formula():
+    assert passes("02.4", lambda k: 18 + 4 * (k - 1))
+    for wrong in (lambda k: k, lambda k: 13 + (k - 1), lambda k: 4 * k, lambda k: 18 + 4.0 * (k - 1),
+                  lambda k: 10 + 4 * (k - 1)):
+        ok, line = verdict("02.4", wrong)
+        assert not ok and "Hint:" in line
+        assert "18 + 4" not in line
+
+
+def test_exercise_messages_and_hints_hold_no_solution():
+    from tutorial_lib.exercises import list_exercises
+
+    for ex in list_exercises("02."):
+        assert "logsumexp" not in ex.hint and "dim=" not in ex.hint and "->" not in ex.hint
+    for answer, ex_id in ((lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))), "02.1"),
+                          (lambda k: k, "02.4")):
+        _, line = verdict(ex_id, answer)
+        assert "amax" not in line and "logsumexp" not in line and "4 * (k" not in line
+
+
+@pytest.mark.parametrize("exercise_id", ["02.1", "02.2", "02.3", "02.4"])
+def test_exercise_placeholders_are_not_done(exercise_id, capsys):
+    check(exercise_id, ...)
+    assert capsys.readouterr().out.startswith(f"… [{exercise_id}]")
