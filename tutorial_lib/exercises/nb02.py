@@ -27,9 +27,9 @@ def _reference_mlp(c: int, d: int, seed: int):
 
 @exercise("02.1", "a channel gate with the official 'lse' pooling (average and log-sum-exp)",
           hint="both descriptors summarise the positions of each channel (one number per channel); "
-               "the exponential overflows float32 for activations near 100, so shift each channel by "
-               "its own largest value before exponentiating and add the shift back after the logarithm; "
-               "one shared MLP, the two logits summed, one sigmoid")
+               "the exponential overflows float32 for activations near 100, and subtracting a constant "
+               "from a channel before the exponential (and adding it back after the logarithm) leaves "
+               "the log-sum-exp unchanged; one shared MLP, the two logits summed, one sigmoid")
 def _check_lse_gate(fn):
     mlp = _reference_mlp(6, 3, seed=10)
 
@@ -109,9 +109,9 @@ def _measured_window(kernel_size: int, size: int = 160) -> int:
 
 
 @exercise("02.4", "how wide a window of the image one spatial-gate value sees",
-          hint="follow two numbers through the layers: the window's side in input pixels and the distance, "
-               "in input pixels, between neighbouring positions; a k x k layer widens the window by k - 1 "
-               "such distances, and a 2x2 pooling doubles the distance")
+          hint="follow two numbers through the layers: the window's side in input pixels, and the distance "
+               "in input pixels between neighbouring positions of the layer's output; a layer with a "
+               "larger kernel widens the window, and each pooling changes the distance")
 def _check_window(fn):
     for k in (3, 7, 11):
         measured, got = _measured_window(k), fn(k)
