@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tutorial_lib as tl
-from tutorial_lib.exercises import check, passes
+from tutorial_lib.exercises import check, passes, verdict
 
 
 def randomise(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
@@ -272,6 +273,163 @@ def test_capture_attention_inside_a_network():
     torch.testing.assert_close(maps["1"]["channel"], direct["channel"])
 
 
+# --- the fast backward pass against the literal path -----------------------------------------
+
+VARIANTS = [{}, {"spatial_bn": False, "pool_order": "mean_max"}, {"mlp_bias": False, "kernel_size": 3}]
+
+
+def twins(seed: int, **kwargs):
+    """The same randomised CBAM twice: fast backward (default) and the literal autograd path."""
+    fast = randomise(tl.CBAM(16, reduction=4, **kwargs), seed=seed)
+    literal = tl.CBAM(16, reduction=4, fast_backward=False, **kwargs)
+    literal.load_state_dict(fast.state_dict())
+    return fast, literal
+
+
+def run_with_grad(module, x, g, use_maps=False):
+    xg = x.clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    out, maps = module(xg, return_attention=True)
+    loss = (out * g).sum()
+    if use_maps:
+        loss = loss + maps["channel"].square().sum() + (maps["spatial"] * g[:, :1]).sum()
+    loss.backward()
+    return out.detach(), maps, xg.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_path_values_are_identical_to_the_literal_path(kwargs, training):
+    fast, literal = twins(20, **kwargs)
+    x = torch.randn(3, 16, 7, 6)
+    for grad_enabled in (True, False):
+        fast.train(training), literal.train(training)
+        with torch.set_grad_enabled(grad_enabled):
+            a, ma = fast(x.clone().requires_grad_(grad_enabled), return_attention=True)
+            b, mb = literal(x.clone().requires_grad_(grad_enabled), return_attention=True)
+        assert torch.equal(a, b), "values must be identical, not merely close"
+        assert torch.equal(ma["channel"], mb["channel"]) and torch.equal(ma["spatial"], mb["spatial"])
+    if training:  # both updated the BatchNorm's running statistics the same way
+        for name, buf in fast.named_buffers():
+            torch.testing.assert_close(buf, dict(literal.named_buffers())[name])
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("use_maps", [False, True])
+def test_fast_backward_equals_autograd_on_tie_free_inputs(kwargs, training, use_maps):
+    fast, literal = twins(21, **kwargs)
+    fast.train(training), literal.train(training)
+    x, g = torch.randn(3, 16, 7, 6), torch.randn(3, 16, 7, 6)  # continuous values: no ties
+    a = run_with_grad(fast, x, g, use_maps)
+    b = run_with_grad(literal, x, g, use_maps)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-4, atol=1e-6)
+    assert a[3].keys() == b[3].keys()
+    for name in a[3]:
+        torch.testing.assert_close(a[3][name], b[3][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fast_backward_in_float64_matches_autograd_tightly():
+    fast, literal = twins(22)
+    fast.double(), literal.double()
+    x, g = torch.randn(2, 16, 5, 5, dtype=torch.float64), torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    a, b = run_with_grad(fast, x, g), run_with_grad(literal, x, g)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-12, atol=1e-12)
+    for name in a[3]:
+        torch.testing.assert_close(a[3][name], b[3][name], rtol=1e-12, atol=1e-12)
+
+
+def test_a_tied_maximum_sends_its_gradient_to_the_first_position():
+    # two positions of channel 0 hold the same maximum, and two channels tie at pixel (1, 1)
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64) * 0.1
+    x[0, 0, 0, 1] = x[0, 0, 2, 2] = 5.0
+    x[0, 1, 1, 1] = x[0, 3, 1, 1] = 7.0
+    gates = {}
+    for fast in (True, False):
+        for name, module in (("channel", tl.ChannelAttention(4, 2, fast_backward=fast)),
+                             ("spatial", tl.SpatialAttention(3, batch_norm=False, fast_backward=fast))):
+            randomise(module, seed=23).double()
+            xg = x.clone().requires_grad_()
+            module(xg).sum().backward()
+            gates[name, fast] = xg.grad[0]
+    d = gates["channel", True] - gates["channel", False]
+    # literal path: half of the max's gradient to each tied position; fast path: all to the first
+    assert d[0, 0, 1] != 0 and torch.isclose(d[0, 0, 1], -d[0, 2, 2])
+    d[0, 0, 1] = d[0, 2, 2] = 0
+    torch.testing.assert_close(d, torch.zeros_like(d), atol=1e-12, rtol=0)
+    d = gates["spatial", True] - gates["spatial", False]
+    assert d[1, 1, 1] != 0 and torch.isclose(d[1, 1, 1], -d[3, 1, 1])  # channel 1 comes first
+    d[1, 1, 1] = d[3, 1, 1] = 0
+    torch.testing.assert_close(d, torch.zeros_like(d), atol=1e-12, rtol=0)
+
+
+def test_fast_path_with_frozen_parts_and_inputs_without_gradient():
+    fast, literal = twins(24)
+    for m in (fast, literal):
+        m.spatial_gate.requires_grad_(False)
+    x, g = torch.randn(2, 16, 5, 4), torch.randn(2, 16, 5, 4)
+    for m in (fast, literal):  # the input needs no gradient, the channel MLP does
+        m.zero_grad(set_to_none=True)
+        (m(x) * g).sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), literal.parameters()):
+        if name.startswith("spatial_gate"):
+            assert p.grad is None and q.grad is None
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_path_can_back_propagate_twice_and_refuses_double_backward():
+    fast, literal = twins(25)
+    x = torch.randn(2, 16, 4, 4, requires_grad=True)
+    out = fast(x).square().sum()
+    (first,) = torch.autograd.grad(out, x, retain_graph=True)
+    (second,) = torch.autograd.grad(out, x)
+    torch.testing.assert_close(first, second)
+    with pytest.raises(RuntimeError):
+        (g,) = torch.autograd.grad(fast(x).square().sum(), x, create_graph=True)
+        g.sum().backward()
+    # the literal path supports second derivatives
+    small = tl.CBAM(4, 2, kernel_size=3, fast_backward=False).double()
+    randomise(small, seed=26)
+    t = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda v: small(v), (t,))
+
+
+def test_fast_path_on_channels_last_input():
+    fast, literal = twins(27)
+    x = torch.randn(2, 16, 5, 6).to(memory_format=torch.channels_last)
+    g = torch.randn(2, 16, 5, 6)
+    a, b = run_with_grad(fast, x, g), run_with_grad(literal, x, g)
+    assert torch.equal(a[0], b[0])
+    torch.testing.assert_close(a[2], b[2], rtol=1e-4, atol=1e-6)
+
+
+def test_inplace_only_without_gradients():
+    sa = randomise(tl.SpatialAttention(3), seed=28).eval()
+    x = torch.randn(2, 4, 5, 5)
+    expected = sa(x)
+    y = x.clone()
+    with torch.no_grad():
+        out = sa(y, inplace=True)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)
+    z = x.clone().requires_grad_()
+    out = sa(z, inplace=True)  # recording gradients: the input is left alone
+    assert out.data_ptr() != z.data_ptr() and torch.equal(z.detach(), x)
+
+
+def test_benchmark_script_runs_quick(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_se_cbam.py"
+    spec = importlib.util.spec_from_file_location("bench_se_cbam", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "CBAM (r = 16, k = 7)" in out and "SqueezeExcitation" in out and "vs official" in out
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 def test_bad_hyper_parameters():
@@ -313,34 +471,78 @@ def test_bad_inputs():
 
 # --- exercises of notebook 02 ------------------------------------------------------------------
 
-def test_exercise_checkers_accept_solutions_and_reject_mistakes():
-    from einops import pack, reduce
-
-    def channel_pool(x):
-        pooled, _ = pack([reduce(x, "b c h w -> b h w", "max"), reduce(x, "b c h w -> b h w", "mean")],
-                         "b * h w")
-        return pooled
-
-    assert passes("02.1", channel_pool) is True
-    assert passes("02.1", lambda x: torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1)) is False
-    assert passes("02.1", lambda x: torch.stack([x.amax(dim=1), x.amax(dim=1)], dim=1)) is False
-
-    def channel_gate(x, mlp):
-        return torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
-
-    assert passes("02.2", channel_gate) is True
-    assert passes("02.2", lambda x, mlp: (torch.sigmoid(mlp(x.mean(dim=(2, 3))))
-                                         + torch.sigmoid(mlp(x.amax(dim=(2, 3))))) / 2) is False
-    assert passes("02.2", lambda x, mlp: torch.sigmoid(2 * mlp(x.mean(dim=(2, 3))))) is False
-
-    def parameters(c, r, k):
-        return 2 * c * (c // r) + c // r + c + 2 * k * k + 2
-
-    assert passes("02.3", parameters) is True
-    assert passes("02.3", lambda c, r, k: 2 * c * (c // r) + c // r + c + 2 * k * k) is False
+def lse_gate_solution(x, mlp):
+    flat = x.flatten(2)
+    top = flat.amax(dim=2, keepdim=True)
+    lse = (top + (flat - top).exp().sum(dim=2, keepdim=True).log())[:, :, 0]
+    return torch.sigmoid(mlp(flat.mean(dim=2)) + mlp(lse))
 
 
-def test_check_prints_the_verdict_and_the_hint(capsys):
-    check("02.2", lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))))
-    out = capsys.readouterr().out
-    assert out.startswith("✗ [02.2]") and "Hint: sigmoid(mlp(spatial mean) + mlp(spatial max))" in out
+def test_exercise_02_1_lse_channel_gate():
+    assert passes("02.1", lse_gate_solution)
+    assert passes("02.1", lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))
+                                                      + mlp(torch.logsumexp(x.flatten(2), dim=2))))
+    naive = lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.exp().sum(dim=(2, 3)).log()))  # noqa: E731
+    ok, line = verdict("02.1", naive)
+    assert not ok and "not finite" in line          # overflows for activations around 100
+    wrongs = [
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3)))),          # CBAM's max
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(torch.logsumexp(x, dim=1).flatten(1)[:, :x.shape[1]])),
+        lambda x, mlp: (torch.sigmoid(mlp(x.mean(dim=(2, 3))))
+                        + torch.sigmoid(mlp(torch.logsumexp(x.flatten(2), dim=2)))) / 2,         # two sigmoids
+        lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)) + torch.logsumexp(x.flatten(2), dim=2))),
+    ]
+    for wrong in wrongs:
+        assert not passes("02.1", wrong)
+
+
+def test_exercise_02_2_find_the_bug():
+    from tutorial_lib.exercises.nb02 import spatial_gate_buggy
+
+    def fixed(x, conv_weight):
+        pooled = torch.stack([x.amax(dim=1), x.mean(dim=1)], dim=1)
+        return x * torch.sigmoid(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2))
+
+    assert passes("02.2", fixed)
+    x, w = torch.randn(1, 4, 6, 5), torch.randn(1, 2, 5, 5)
+    torch.testing.assert_close(spatial_gate_buggy(x, w), fixed(x, w))   # right on one image ...
+    ok, line = verdict("02.2", spatial_gate_buggy)                      # ... wrong on a batch
+    assert not ok and ("wrong values" in line or "raised" in line)
+    assert not passes("02.2", lambda x, w: x * torch.sigmoid(F.conv2d(
+        torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1), w, padding=2)))     # [mean, max]
+    assert not passes("02.2", lambda x, w: torch.sigmoid(F.conv2d(
+        torch.stack([x.amax(dim=1), x.mean(dim=1)], dim=1), w, padding=2)))     # the gate, not the output
+
+
+def test_exercise_02_3_prediction():
+    assert passes("02.3", 64 * 0.9 / (64 * 0.9 + 960 * 0.5))
+    for wrong in (0.9, 1 / 16, 0.9 / (0.9 + 0.5), 0.9 / 16):
+        ok, line = verdict("02.3", wrong)
+        assert not ok and "the measured value is 0.1071" in line
+    assert not passes("02.3", "0.107")
+
+
+def test_exercise_02_4_window_formula():
+    assert passes("02.4", lambda k: 18 + 4 * (k - 1))
+    for wrong in (lambda k: k, lambda k: 13 + (k - 1), lambda k: 4 * k, lambda k: 18 + 4.0 * (k - 1),
+                  lambda k: 10 + 4 * (k - 1)):
+        ok, line = verdict("02.4", wrong)
+        assert not ok and "Hint:" in line
+        assert "18 + 4" not in line
+
+
+def test_exercise_messages_and_hints_hold_no_solution():
+    from tutorial_lib.exercises import list_exercises
+
+    for ex in list_exercises("02."):
+        assert "logsumexp" not in ex.hint and "dim=" not in ex.hint and "->" not in ex.hint
+    for answer, ex_id in ((lambda x, mlp: torch.sigmoid(mlp(x.mean(dim=(2, 3)))), "02.1"),
+                          (lambda k: k, "02.4")):
+        _, line = verdict(ex_id, answer)
+        assert "amax" not in line and "logsumexp" not in line and "4 * (k" not in line
+
+
+@pytest.mark.parametrize("exercise_id", ["02.1", "02.2", "02.3", "02.4"])
+def test_exercise_placeholders_are_not_done(exercise_id, capsys):
+    check(exercise_id, ...)
+    assert capsys.readouterr().out.startswith(f"… [{exercise_id}]")
