@@ -214,3 +214,18 @@ def test_setup_notebook_fixes_seed_threads_and_print_options():
     assert torch.equal(a, torch.rand(3))
     assert torch.get_num_threads() == 2
     assert str(torch.tensor([1.23456])) == "tensor([1.235])"
+
+
+def test_recalibrate_batchnorm_averages_the_batch_statistics_of_the_final_weights():
+    data = tl.objects_on_clutter(200, seed=0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 4))
+    before = [p.detach().clone() for p in net.parameters()]
+    assert tl.recalibrate_batchnorm(net, data, batch_size=50) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())) and not net.training
+    with torch.no_grad():
+        conv = net[0](data.images)
+    expected_mean = torch.stack([conv[i:i + 50].mean(dim=(0, 2, 3)) for i in range(0, 200, 50)]).mean(0)
+    torch.testing.assert_close(net[1].running_mean, expected_mean)
+    assert net[1].momentum == 0.1

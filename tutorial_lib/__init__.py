@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "plot_curves": "plotting", "show_attention": "plotting", "show_images": "plotting",
     "History": "training", "evaluate": "training", "fit": "training", "mean_spread": "training",
+    "recalibrate_batchnorm": "training",
     "format_mean_spread": "training",
 }
 
