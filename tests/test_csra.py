@@ -596,3 +596,22 @@ def test_exercise_05_4_cost():
     assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d + k, h * k * d * hh * ww))   # a bias
     assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d, k * d * hh * ww))           # one head's work
     assert not passes("05.4", lambda d, k, h, hh, ww: h * k * d)                              # not a pair
+
+
+def test_exercise_05_4_messages_say_which_way_not_the_count():
+    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (h * k * d + k, h * k * d * hh * ww))
+    assert not ok and "parameter count" in line and "too high" in line
+    assert f"{4 * 80 * 2048:,}" not in line and str(4 * 80 * 2048) not in line   # the counted number stays hidden
+    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (h * k * d, k * d * hh * ww))
+    assert not ok and "multiply-add count" in line and "too low" in line
+    assert str(4 * 80 * 2048 * 14 * 14) not in line and f"{4 * 80 * 2048 * 14 * 14:,}" not in line
+    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (str(h * k * d), h * k * d * hh * ww))
+    assert not ok and "should be a number" in line
+
+
+def test_exercise_05_hints_and_messages_hold_no_code():
+    from tutorial_lib.exercises import list_exercises
+    for ex in list_exercises("05."):
+        assert "->" not in ex.hint and "dim=" not in ex.hint and "99" not in ex.hint, ex.hint
+    ok, line = verdict("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=False))
+    assert not ok and "->" not in line and "max" not in line, line
