@@ -129,7 +129,8 @@ def test_the_two_orders_agree_in_float32_at_a_realistic_size():
 
 
 def test_auto_picks_the_cheaper_order():
-    assert DoubleAttention(256, 64, 64).order_for(56 * 56) == "folded"   # m = n: always folded
+    assert DoubleAttention(256, 64, 64).order_for(56 * 56) == "folded"   # m = n: folded once N > c
+    assert DoubleAttention(256, 64, 64).order_for(14 * 14) == "literal"
     narrow = DoubleAttention(16, 1, 16)                                      # n (c - m) >= c m
     assert narrow.order_for(100) == "literal"
     for block in (DoubleAttention(256, 64, 64), narrow, DoubleAttention(32, 8, 2, reconstruct=False,
@@ -137,6 +138,19 @@ def test_auto_picks_the_cheaper_order():
         n_pos = 100
         cheaper = min(ORDERS, key=lambda o: block.multiply_adds(n_pos, o))
         assert block.order_for(n_pos) == cheaper
+
+
+@pytest.mark.parametrize("c,m,n", [(256, 64, 64), (32, 8, 8), (64, 16, 8), (12, 5, 3)])
+def test_folded_order_is_cheaper_exactly_when_the_closed_form_says(c, m, n):
+    """literal - folded = 2 (N (cm + mn - cn) - cmn) multiply-adds: for m = n, folded once N > c."""
+    block = DoubleAttention(c, m, n)
+    for positions in range(1, 3 * c):
+        folded_cheaper = positions * (c * m + m * n - c * n) > c * m * n
+        saved = block.multiply_adds(positions, "literal") - block.multiply_adds(positions, "folded")
+        assert (saved > 0) == folded_cheaper, positions
+        assert block.order_for(positions) == ("folded" if folded_cheaper else "literal")
+    if m == n:
+        assert block.order_for(c) == "literal" and block.order_for(c + 1) == "folded"
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -254,6 +268,9 @@ def test_default_widths_and_initialisation():
     assert DoubleAttention(2).c_m == 1 and DoubleAttention(2).c_n == 1
     assert not DoubleAttention(8, reconstruct=False, c_m=8).zero_init
     assert DoubleAttention(8, zero_init=False).out.weight.abs().sum() > 0
+    x = make_input(2, channels=8)
+    assert torch.equal(DoubleAttention(8, residual=False)(x), torch.zeros_like(x))   # the branch starts at 0
+    assert DoubleAttention(8, residual=False, zero_init=False)(x).abs().sum() > 0
 
 
 def test_parameter_count_closed_form():
@@ -355,6 +372,17 @@ def test_peak_memory_far_below_one_n_by_n_matrix():
 
 
 # --- dtypes, capture, odd sizes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_follows_the_device_of_its_parameters_and_input(order, spatial_dims):
+    """On the meta device (shapes, no data) nothing is created on the CPU behind the input's back."""
+    block = DoubleAttention(8, 4, 3, spatial_dims=spatial_dims, order=order).to("meta")
+    x = torch.empty(2, 8, *GRIDS[spatial_dims], device="meta")
+    out, maps = block(x, return_attention=True)
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert all(t.device.type == "meta" for t in maps.values())
+
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_follows_the_input_dtype(dtype):

@@ -82,7 +82,9 @@ class DoubleAttention(AttentionModule):
       the block is exactly the identity at initialisation and can be dropped into a trained
       network without changing it (the course's choice, as the zero-initialised batch norm of a
       non-local block; the paper does not say how W_out is initialised). Its gradient is not 0,
-      so training moves it at the first step; φ, θ, ρ follow from the second.
+      so training moves it at the first step; φ, θ, ρ follow from the second. With
+      ``residual=False`` the branch then starts at exactly 0 (the identity once the caller adds
+      the input itself); pass ``zero_init=False`` for a branch that starts non-zero.
     * the three input convolutions are one convolution ``embed`` with m + 2n output channels
       (rows [0, m) are φ, [m, m + n) θ, [m + n, m + 2n) ρ), PyTorch's default initialisation
       (the same distribution as three separate default convolutions). Every convolution has a
@@ -99,8 +101,9 @@ class DoubleAttention(AttentionModule):
     * ``"folded"``: W_φ and W_out act on the n descriptors instead of the N positions:
       P = X Sᵀ (c x n), G = W_φ P + b_φ, H = W_out G + b_out (c x n), out = X + H softmax_n(V).
       Exact because each row of S and each column of softmax_n(V) sums to 1, so the biases pass
-      through; neither A nor Z (m x N each) is formed. 4cnN + 2cmn multiply-adds: cheaper
-      whenever n (c - m) < c m (always for m = n).
+      through; neither A nor Z (m x N each) is formed. 4cnN + 2cmn multiply-adds: cheaper than
+      the paper's order when N (cm + mn - cn) > cmn, so for m = n once N > c (at c = 256, from
+      17x17 maps on); when cm + mn <= cn, never.
     """
 
     def __init__(self, in_channels: int, c_m: int | None = None, c_n: int | None = None, *,

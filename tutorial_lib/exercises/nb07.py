@@ -57,8 +57,8 @@ def _check_masked_gather(fn):
 
 
 @exercise("07.2", "predict: descriptors of a map tiled 2x2",
-          hint="tiling makes every position appear 4 times; a softmax over 4N positions divides each "
-               "weight by 4. Compare a weighted sum (weights summing to 1) with a mean over positions")
+          hint="look at how each gather is normalised: weights that sum to 1 over all positions, or a "
+               "division by the number of positions; then ask what tiling changes in each")
 def _check_tiling(prediction):
     if not isinstance(prediction, (tuple, list)) or len(prediction) != 2:
         raise AssertionError("write two predictions: (factor for the paper's gather, factor for the snippet's)")
