@@ -23,8 +23,8 @@ from .capture import AttentionModule, capture_attention  # noqa: E402
 from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa: E402
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
-from .data import (FEATURE_NAMES, LabelledImages, attention_on_mask, channel_signal, handmade_features,  # noqa: E402
-                   objects_on_clutter, sample_image)
+from .data import (FEATURE_NAMES, LabelledImages, TileMatching, attention_on_mask, channel_signal,  # noqa: E402
+                   handmade_features, matching_tiles, objects_on_clutter, sample_image)
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
 from .se import SqueezeExcitation  # noqa: E402
@@ -52,7 +52,7 @@ __all__ = [
     "ShapeError", "check_shape", "describe_shape", "show_shape",
     "count_flops", "count_parameters", "format_bytes", "format_count", "measure_latency", "peak_memory",
     "FEATURE_NAMES", "LabelledImages", "attention_on_mask", "channel_signal", "handmade_features",
-    "objects_on_clutter", "sample_image",
+    "objects_on_clutter", "sample_image", "TileMatching", "matching_tiles",
     "setup_notebook",
     *_LAZY,
 ]
