@@ -79,7 +79,8 @@ class NonLocalBlock(AttentionModule):
       are floored, as by the official pooling;
     * ``scale=None``: the softmax forms multiply θᵀφ by 1/√d, d the width of the vectors
       compared (``inner_channels``; C for the Gaussian), the official ``USE_SCALE=True``
-      (released models were trained with it). ``scale=1.0`` gives the paper's Eq. 2-3. The
+      (released models were trained with it). The official code has no Gaussian form: its
+      1/√C is this course's extension, by analogy. ``scale=1.0`` gives the paper's Eq. 2-3. The
       dot-product and concatenation forms have no scale in either (only None or 1.0 is
       accepted there);
     * W_z is followed by batch norm whose weight γ **and** bias β start at 0, so the block is

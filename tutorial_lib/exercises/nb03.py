@@ -31,9 +31,8 @@ def _dot_product_growth() -> float:
 
 
 @exercise("03.1", "predict, then run: the dot-product block when the input doubles",
-          hint="follow x through the branch: θ, φ and g are each linear in x when there are no biases; "
-               "the weights θ_iᵀφ_j are divided by a count of positions, which does not depend on x; "
-               "and W_z is linear too")
+          hint="write one term of the branch output and count how many factors that grow with x meet "
+               "in it; which parts of the dot-product form do not depend on x at all?")
 def _check_dot_product_growth(prediction) -> None:
     expect_prediction(prediction, _dot_product_growth(), "factor by which z - x grows when x doubles "
                       "(dot product, no biases, no batch norm)", rel=0.02)
@@ -87,9 +86,9 @@ def _embedded_literal(x: torch.Tensor, w_theta: torch.Tensor, w_phi: torch.Tenso
 
 
 @exercise("03.3", "find the bugs: a non-local operation that looks right",
-          hint="two things to look at: over which positions do the weights of one query sum to 1 "
-               "(queries or keys?), and, after the last product, which axis holds the positions and "
-               "which the channels before the result becomes a map again")
+          hint="for each tensor, name what each axis means (batch, query, key, channel). Then check "
+               "two things: the weights of one query, what do they sum to 1 over? And one value of "
+               "the result: does it land at its own position and channel?")
 def _check_fixed_operation(fn) -> None:
     x = random_input(2, 5, 3, 4, seed=331)
     w_theta, w_phi, w_g = (random_input(3, 5, seed=s) for s in (332, 333, 334))
@@ -116,10 +115,10 @@ VIDEO_CONFIGS = ((8, 2, 4, 4), (16, 4, 7, 5), (32, 3, 6, 9), (64, 2, 14, 14))
 
 
 @exercise("03.4", "count: multiply-adds of the default block on a video clip",
-          hint="θ runs at all T·H·W positions; φ and g run after the pooling, which halves height and "
-               "width (rounding down) but leaves time alone; W_z runs at all positions again. Then the "
-               "two products over every (query, key) pair, each as long as the inner width. One "
-               "multiply-add is one, not two")
+          hint="list every matrix product of the block; for each, at how many positions does it run "
+               "(before or after the pooling?) and how long is each dot product? Check what the "
+               "pooling of a clip does to each of its three axes, and to odd sizes. One multiply-add "
+               "counts one")
 def _check_video_macs(fn) -> None:
     for channels, t, h, w in VIDEO_CONFIGS:
         block = NonLocalBlock(channels, spatial_dims=3).eval()
@@ -164,9 +163,9 @@ def _concatenation_literal(theta: torch.Tensor, phi: torch.Tensor, w: torch.Tens
 
 
 @exercise("03.5", "concatenation scores without the (B, N, M, 2d) tensor",
-          hint="a linear map of a concatenation [θ_i; φ_j] is the sum of two linear maps, one on each "
-               "half: one number per query plus one number per key, before the ReLU. Nothing of "
-               "size N·M·d is needed")
+          hint="w meets θ_i and φ_j through different halves of its weights: what does each half "
+               "contribute, and on which index does that contribution depend? Nothing of size "
+               "N·M·d is needed")
 def _check_concatenation(fn) -> None:
     theta, phi = random_input(2, 6, 3, seed=351), random_input(2, 5, 3, seed=352)
     w = random_input(6, seed=353)
