@@ -7,8 +7,12 @@ then the 1x1 conv). It shares no code with the module.
 """
 from __future__ import annotations
 
+import copy
+import importlib.util
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +21,9 @@ from einops import rearrange, reduce
 
 import tutorial_lib as tl
 from tutorial_lib import NonLocalBlock
-from tutorial_lib.exercises import passes
+from tutorial_lib.exercises import passes, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PAIRWISE = ["gaussian", "embedded_gaussian", "dot_product", "concatenation"]
 GRIDS = {1: (7,), 2: (4, 5), 3: (2, 4, 5)}  # odd sizes on purpose: pooling floors them
@@ -433,46 +439,245 @@ def test_bad_inputs_other_dims_and_modes():
         NonLocalBlock(4)(torch.ones(1, 4, 4, 4), return_attention="maps")
 
 
+# --- the two exact routes: explicit weights and the fused kernel -----------------------------
+
+@pytest.mark.parametrize("pairwise", ["embedded_gaussian", "gaussian"])
+@pytest.mark.parametrize("options", [{}, dict(sub_sample=False), dict(scale=1.0), dict(inner_channels=3)])
+def test_explicit_and_fused_routes_agree_on_values_and_gradients(monkeypatch, pairwise, options):
+    """With gradients, small maps build the weights explicitly and large ones use the fused kernel;
+    forcing each route on the same block gives the literal values and the same gradients."""
+    base = randomise(NonLocalBlock(6, pairwise=pairwise, **options)).double().train()
+    x0 = make_input(2, channels=6, dtype=torch.float64, grid=(6, 5))
+    expected = literal_non_local(base.eval(), x0)[0]
+    results = []
+    for limit in (0, 10 ** 9):                      # 0: always fused; 10**9: always explicit
+        monkeypatch.setattr("tutorial_lib.non_local.EXPLICIT_MAX_PAIRS", limit)
+        block = copy.deepcopy(base).eval()
+        x = x0.clone().requires_grad_()
+        z = block(x)
+        torch.testing.assert_close(z, expected)
+        (z * torch.linspace(-1, 1, z.numel(), dtype=z.dtype).view_as(z)).sum().backward()
+        results.append([x.grad] + [p.grad for p in block.parameters()])
+    for fused, explicit in zip(*results):
+        torch.testing.assert_close(fused, explicit)
+
+
+def test_default_route_choice_follows_gradients_and_size(monkeypatch):
+    """The fused kernel runs without gradients and on large maps; the explicit product with
+    gradients on small maps. Observed through the calls, not assumed."""
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr("tutorial_lib.non_local.F.scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(a[0].shape[-2]) or real(*a, **k))
+    block = NonLocalBlock(4, sub_sample=False)
+    small, large = make_input(2, grid=(8, 8)), make_input(2, grid=(30, 30))   # 64^2 and 900^2 pairs
+    with torch.no_grad():
+        block(small)
+    block(small).sum().backward()
+    block(large.requires_grad_()).sum().backward()
+    assert calls == [64, 900]
+
+
+def test_fused_one_by_one_convolutions_keep_separate_parameters():
+    """θ, φ, g run as one convolution, but stay three modules with their own parameters."""
+    block = NonLocalBlock(8, sub_sample=False)
+    assert {"theta.weight", "phi.weight", "g.weight", "out.weight"} <= set(block.state_dict())
+    block = randomise(block).train()
+    block(make_input(2, channels=8, grid=(4, 4))).square().sum().backward()
+    grads = [block.theta.weight.grad, block.phi.weight.grad, block.g.weight.grad]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+# --- the benchmark script runs ----------------------------------------------------------------
+
+def test_benchmark_quick_runs_and_checks_equal_weights(capsys):
+    spec = importlib.util.spec_from_file_location("bench_non_local", ROOT / "benchmarks" / "bench_non_local.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "AlexHex7" in out and "6x6" in out and "10x10" in out and "largest time ratio, forward+backward" in out
+    block = randomise(NonLocalBlock(6, sub_sample=False, scale=1.0))
+    peer = bench.AlexHex7EmbeddedGaussian(block).eval()
+    x = make_input(2, channels=6, grid=(5, 4))
+    torch.testing.assert_close(peer(x), block(x))
+    with pytest.raises(ValueError, match="without sub-sampling"):
+        bench.AlexHex7EmbeddedGaussian(NonLocalBlock(6))
+
+
+# --- the data set of notebook 03 ------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [16, 24])
+def test_matching_tiles_layout_and_labels(size):
+    match = tl.matching_tiles(60, question="match", size=size, seed=3)
+    absent = tl.matching_tiles(60, question="absent", size=size, seed=3)
+    assert torch.equal(match.images, absent.images)             # one layout, two questions
+    assert match.images.shape == (60, 3, size, size) and match.images.dtype == torch.float32
+    assert 0 <= match.images.min() and match.images.max() <= 1
+    assert match.masks.sum(dim=(1, 2)).eq(64).all() and match.other_masks.sum(dim=(1, 2)).eq(128).all()
+    assert not (match.masks & match.other_masks).any() and not match.masks[:, :8, :8].any()
+    glyphs = match.tile_glyphs
+    assert torch.equal(match.labels, glyphs[:, 0])
+    for row, gone in zip(glyphs.tolist(), absent.labels.tolist()):
+        assert len(set(row)) == 3 and gone not in row            # three different glyphs, the fourth absent
+    palette = torch.tensor(list(tl.data.PALETTE.values()))
+    for i in range(60):                                          # exactly one tile has the corner's colour
+        corner = match.images[i, :, 3, 3]                        # inside the flat corner tile, no glyph
+        colour = palette[(palette - corner).abs().sum(1).argmin()]
+        tiles = [match.masks[i]] + [m for m in _tile_masks(match.other_masks[i])]
+        same = [((match.images[i][:, t].mean(1) - colour).abs().max() < 0.25).item()
+                for t in (_border(m) for m in tiles)]
+        assert same == [True, False, False], i
+
+
+def _tile_masks(mask):
+    """The two 8x8 tiles of a two-tile mask, split by their top-left corners."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    corners = sorted({(int(y) // 8 * 8, int(x) // 8 * 8) for y, x in zip(ys, xs)})
+    out = []
+    for y, x in corners:
+        m = torch.zeros_like(mask)
+        m[y:y + 8, x:x + 8] = True
+        out.append(m)
+    return out
+
+
+def _border(mask):
+    """The one-pixel frame of an 8x8 tile: tile colour, never glyph ink."""
+    inner = torch.zeros_like(mask)
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    inner[ys.min() + 1:ys.max(), xs.min() + 1:xs.max()] = True
+    return mask & ~inner
+
+
+def test_matching_tiles_is_seeded_and_subsets_keep_every_field():
+    a, b = tl.matching_tiles(20, seed=5), tl.matching_tiles(20, seed=5)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, tl.matching_tiles(20, seed=6).images)
+    train, val = a.split(15)
+    assert isinstance(val, tl.TileMatching) and len(val) == 5
+    assert torch.equal(val.other_masks, a.other_masks[15:]) and torch.equal(val.tile_glyphs, a.tile_glyphs[15:])
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(question="which"), "question to be one of"),
+                                          (dict(size=12), "expected an integer >= 16"),
+                                          (dict(noise=-1.0), "noise >= 0"), (dict(n=0), "expected an integer >= 1")])
+def test_matching_tiles_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tl.matching_tiles(**{"n": 4, **kwargs})
+
+
 # --- exercises of notebook 03 ---------------------------------------------------------------
 
-def _softmax_attention(theta, phi, g, scale):
-    return torch.softmax(theta @ phi.transpose(1, 2) * scale, dim=-1) @ g
+def test_exercise_03_1_prediction_is_measured_by_the_checker():
+    assert passes("03.1", 8) and passes("03.1", 8.05)
+    for wrong in (2, 4, 1, 16, "8", None):
+        assert not passes("03.1", wrong)
+    assert not passes("03.1", ...)
 
 
-def test_exercise_03_1_embedded_gaussian():
-    assert passes("03.1", _softmax_attention)
-    assert not passes("03.1", lambda t, p, g, s: torch.softmax(t @ p.transpose(1, 2) / s, dim=-1) @ g)
-    assert not passes("03.1", lambda t, p, g, s: torch.softmax(t @ p.transpose(1, 2) * s, dim=1) @ g)
-    assert not passes("03.1", lambda t, p, g, s: torch.softmax(t @ p.transpose(1, 2), dim=-1) @ g)
+def _temporal_solution(theta, phi, g):
+    q, k = (rearrange(t, "b d t h w -> b h w t d") for t in (theta, phi))
+    w = torch.softmax(torch.einsum("bhwtd,bhwsd->bhwts", q, k) / math.sqrt(q.shape[-1]), dim=-1)
+    y = torch.einsum("bhwts,bhwse->bhwte", w, rearrange(g, "b e t h w -> b h w t e"))
+    return rearrange(y, "b h w t e -> b e t h w")
 
 
-def test_exercise_03_2_dot_product():
-    right = lambda t, p, g: (t @ p.transpose(1, 2)) / p.shape[1] @ g  # noqa: E731
-    assert passes("03.2", right)
-    assert not passes("03.2", lambda t, p, g: (t @ p.transpose(1, 2)) / t.shape[1] @ g)
-    assert not passes("03.2", lambda t, p, g: torch.softmax(t @ p.transpose(1, 2), dim=-1) @ g)
-    assert not passes("03.2", lambda t, p, g: (t @ p.transpose(1, 2)) @ g)
+def test_exercise_03_2_temporal_non_local():
+    assert passes("03.2", _temporal_solution)
+
+    def full_space_time(theta, phi, g):          # attends over every position, not along time only
+        b, d, t, h, w = theta.shape
+        q, k = (rearrange(x, "b d t h w -> b (t h w) d") for x in (theta, phi))
+        v = rearrange(g, "b e t h w -> b (t h w) e")
+        y = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1) @ v
+        return rearrange(y, "b (t h w) e -> b e t h w", t=t, h=h)
+
+    def over_queries(theta, phi, g):
+        q, k = (rearrange(t, "b d t h w -> b h w t d") for t in (theta, phi))
+        w = torch.softmax(torch.einsum("bhwtd,bhwsd->bhwts", q, k) / math.sqrt(q.shape[-1]), dim=-2)
+        return rearrange(torch.einsum("bhwts,bhwse->bhwte", w, rearrange(g, "b e t h w -> b h w t e")),
+                         "b h w t e -> b e t h w")
+
+    def no_scale(theta, phi, g):
+        return _temporal_solution(theta * math.sqrt(theta.shape[1]), phi, g)
+
+    for wrong in (full_space_time, over_queries, no_scale, lambda t, p, g: g):
+        assert not passes("03.2", wrong)
+    assert not passes("03.2", ...)
 
 
-def test_exercise_03_3_concatenation():
+def _operation(x, w_theta, w_phi, w_g, softmax_dim=-1, scramble=False):
+    xs = rearrange(x, "b c h w -> b (h w) c")
+    theta, phi, g = (xs @ w.T for w in (w_theta, w_phi, w_g))
+    weights = torch.softmax(theta @ phi.transpose(1, 2) / math.sqrt(theta.shape[-1]), dim=softmax_dim)
+    y = weights @ g
+    if scramble:
+        return y.reshape(x.shape[0], -1, x.shape[2], x.shape[3])
+    return rearrange(y, "b (h w) d -> b d h w", h=x.shape[2])
+
+
+def test_exercise_03_3_find_the_bugs():
+    assert passes("03.3", _operation)
+    both = lambda *a: _operation(*a, softmax_dim=1, scramble=True)  # noqa: E731  (the given version)
+    assert not passes("03.3", both)
+    ok, line = verdict("03.3", lambda *a: _operation(*a, softmax_dim=1))
+    assert not ok and "over the keys" in line
+    ok, line = verdict("03.3", lambda *a: _operation(*a, scramble=True))
+    assert not ok and "wrong places" in line
+    assert "dim=" not in line and "rearrange" not in line
+    assert not passes("03.3", ...)
+
+
+def _video_macs(c, t, h, w):
+    d, n, m = c // 2, t * h * w, t * (h // 2) * (w // 2)
+    return c * d * n + 2 * c * d * m + d * c * n + 2 * n * m * d
+
+
+def test_exercise_03_4_counts_multiply_adds():
+    assert passes("03.4", _video_macs)
+    wrongs = [lambda c, t, h, w: 2 * _video_macs(c, t, h, w),                  # FLOPs, not multiply-adds
+              lambda c, t, h, w: _video_macs(c, 1, t * h, w) if t > 1 else 0,   # pools time too
+              lambda c, t, h, w: _video_macs(c, t, h + h % 2, w + w % 2),      # rounds up
+              lambda c, t, h, w: 4 * c * (c // 2) * t * h * w + 2 * (t * h * w) ** 2 * (c // 2),  # no pooling
+              lambda c, t, h, w: float(_video_macs(c, t, h, w))]
+    for wrong in wrongs:
+        assert not passes("03.4", wrong)
+    assert not passes("03.4", ...)
+
+
+def test_exercise_03_5_enforces_no_four_d_tensor():
     def right(theta, phi, w):
         d = theta.shape[-1]
         return torch.relu((theta @ w[:d])[:, :, None] + (phi @ w[d:])[:, None, :])
-    assert passes("03.3", right)
+    assert passes("03.5", right)
+
+    def literal(theta, phi, w):                  # right values, but builds (B, N, M, 2d)
+        m, n = phi.shape[1], theta.shape[1]
+        pairs = torch.cat([theta[:, :, None].expand(-1, -1, m, -1), phi[:, None].expand(-1, n, -1, -1)], dim=-1)
+        return torch.relu(pairs @ w)
+    ok, line = verdict("03.5", literal)
+    assert not ok and "creates a tensor of" in line
+
+    def broadcast_sum(theta, phi, w):             # (B, N, M, d) is as bad
+        d = theta.shape[-1]
+        return torch.relu((theta[:, :, None] * w[:d] + phi[:, None] * w[d:]).sum(-1))
+    assert not passes("03.5", broadcast_sum)
 
     def relu_each(theta, phi, w):
         d = theta.shape[-1]
         return torch.relu(theta @ w[:d])[:, :, None] + torch.relu(phi @ w[d:])[:, None, :]
-    assert not passes("03.3", relu_each)
+    assert not passes("03.5", relu_each)
 
     def swapped(theta, phi, w):
         d = theta.shape[-1]
         return torch.relu((theta @ w[d:])[:, :, None] + (phi @ w[:d])[:, None, :])
-    assert not passes("03.3", swapped)
+    assert not passes("03.5", swapped)
+    assert not passes("03.5", ...)
 
 
-def test_exercise_03_4_parameters():
-    assert passes("03.4", lambda c: 2 * c * c + 9 * c // 2)
-    assert not passes("03.4", lambda c: 2 * c * c)                  # no biases, no BN
-    assert not passes("03.4", lambda c: 2 * c * c + 5 * c // 2)     # forgot the BN
-    assert not passes("03.4", lambda c: 3 * c * c // 2 + 4 * c)     # inner width C/2 twice counted wrong
+def test_exercise_hints_and_messages_hold_no_code():
+    from tutorial_lib.exercises import list_exercises
+    for ex in list_exercises("03."):
+        assert not re.search(r"dim\s*=|->|rearrange|einsum|softmax\(|\.sum\(", ex.hint), ex.id

@@ -23,9 +23,9 @@ from .capture import AttentionModule, capture_attention  # noqa: E402
 from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa: E402
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
-from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, attention_on_mask, beacon_lookup,  # noqa: E402
-                   channel_signal, fine_grained_details, handmade_features, objects_on_clutter,
-                   objects_on_clutter_multilabel, sample_image)
+from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, TileMatching, attention_on_mask,  # noqa: E402
+                   beacon_lookup, channel_signal, fine_grained_details, handmade_features, matching_tiles,
+                   objects_on_clutter, objects_on_clutter_multilabel, sample_image)
 from .metrics import mean_average_precision  # noqa: E402
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
@@ -62,7 +62,7 @@ __all__ = [
     "count_flops", "count_parameters", "format_bytes", "format_count", "measure_latency", "peak_memory",
     "FEATURE_NAMES", "LabelledImages", "MultiLabelImages", "attention_on_mask", "beacon_lookup", "channel_signal",
     "fine_grained_details", "handmade_features", "objects_on_clutter", "objects_on_clutter_multilabel",
-    "sample_image", "mean_average_precision",
+    "sample_image", "mean_average_precision", "TileMatching", "matching_tiles",
     "setup_notebook",
     *_LAZY,
 ]

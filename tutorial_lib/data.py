@@ -32,6 +32,9 @@ __all__ = [
     "objects_on_clutter_multilabel",
     "beacon_lookup",
     "fine_grained_details",
+    "PALETTE",
+    "TileMatching",
+    "matching_tiles",
 ]
 
 # 6x6 glyphs, drawn on an 8x8 tile (1-pixel border of tile colour). 1 = glyph pixel.
@@ -625,4 +628,99 @@ def fine_grained_details(n: int = 2000, *, size: int = 64, mark: int = 2, clutte
         masks=torch.from_numpy(masks),
         description=(f"fine_grained_details(n={n}, size={size}, mark={mark}, clutter={clutter}, "
                      f"noise={noise}, seed={seed})"),
+    )
+
+
+# --- notebook 03: which tile matches the corner? ---
+
+PALETTE = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.75, 0.2), "blue": (0.2, 0.3, 0.95),
+           "yellow": (0.95, 0.85, 0.1), "magenta": (0.85, 0.2, 0.85), "cyan": (0.1, 0.8, 0.85)}
+MATCHING_QUESTIONS = ("match", "absent")
+
+
+@dataclass
+class TileMatching(LabelledImages):
+    """``LabelledImages`` of ``matching_tiles``, with the two tiles that do not match the corner.
+
+    ``masks`` marks the tile whose colour matches the corner tile, ``other_masks`` (N, H, W)
+    the two other glyph tiles, ``tile_glyphs`` (N, 3) the glyph index on the matching tile and
+    on the two others (in that order).
+    """
+
+    other_masks: torch.Tensor | None = None
+    tile_glyphs: torch.Tensor | None = None
+
+    def subset(self, index: slice | torch.Tensor) -> "TileMatching":
+        out = super().subset(index)
+        return replace(out, other_masks=self.other_masks[index], tile_glyphs=self.tile_glyphs[index])
+
+
+def matching_tiles(n: int = 2000, *, question: str = "match", size: int = 24, clutter: int = 4,
+                   noise: float = 0.03, seed: int = 0) -> TileMatching:
+    """Four coloured tiles: one in the top-left corner, three with glyphs elsewhere.
+
+    The image is a grid of 8x8 cells (``size`` // 8 on a side). The corner cell holds a tile
+    of a flat colour from ``PALETTE``; three other cells, drawn at random, hold tiles with
+    three different glyphs of ``GLYPHS`` in black on three different palette colours, exactly
+    one of which is the corner's colour. The background is smooth grey noise with ``clutter``
+    grey bars. ``question`` picks the label, from the same images (the same ``seed`` gives the
+    same images):
+
+    * ``"match"``: the glyph on the tile whose colour matches the corner tile. What a position
+      needs depends on what it holds itself (the corner's colour): a relation between the
+      reading position and the rest of the image;
+    * ``"absent"``: the one glyph of the four that is on none of the tiles. Every position
+      needs the same fact about the whole image: a global summary answers it.
+
+    ``masks`` marks the matching tile, ``other_masks`` the other two, ``tile_glyphs`` holds the
+    three glyph indices (matching tile first).
+    """
+    n = _check_n("matching_tiles: n", n)
+    size = _check_n("matching_tiles: size", size, minimum=2 * TILE)
+    cells = size // TILE
+    clutter = _check_n("matching_tiles: clutter", clutter, minimum=0)
+    if question not in MATCHING_QUESTIONS:
+        raise ValueError(f"matching_tiles: expected question to be one of {MATCHING_QUESTIONS}, "
+                         f"but got {question!r}")
+    if noise < 0:
+        raise ValueError(f"matching_tiles: expected noise >= 0, but got {noise}")
+    rng = np.random.default_rng([seed, 3])
+    names = tuple(GLYPHS)
+    glyphs = np.stack([GLYPHS[k] for k in names])
+    palette = np.array(list(PALETTE.values()))
+    grey = 0.35 + 0.3 * _smooth_noise(rng, n, size, 1, cells=4)
+    images = np.repeat(grey, 3, axis=1)
+    masks = np.zeros((n, size, size), dtype=bool)
+    other_masks = np.zeros((n, size, size), dtype=bool)
+    tile_glyphs = np.zeros((n, 3), dtype=np.int64)
+    absent = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        img = images[i]
+        for _ in range(clutter):  # grey bars: things elsewhere that carry no colour
+            y, x = rng.integers(0, size, 2)
+            length = rng.integers(3, 8)
+            tall, wide = (2, length) if rng.random() < 0.5 else (length, 2)
+            img[:, y:y + tall, x:x + wide] = rng.random()
+        colours = rng.choice(len(palette), 3, replace=False)    # first one: the corner's colour
+        order = rng.permutation(len(names))
+        tile_glyphs[i], absent[i] = order[:3], order[3]
+        img[:, :TILE, :TILE] = palette[colours[0]][:, None, None]
+        for t, cell in enumerate(rng.choice(cells * cells - 1, 3, replace=False) + 1):  # not the corner
+            y, x = (cell // cells) * TILE, (cell % cells) * TILE
+            img[:, y:y + TILE, x:x + TILE] = palette[colours[t]][:, None, None]
+            patch = img[:, y + 1:y + TILE - 1, x + 1:x + TILE - 1]
+            patch[:, glyphs[tile_glyphs[i, t]]] = 0.05
+            (masks if t == 0 else other_masks)[i, y:y + TILE, x:x + TILE] = True
+    noise_rng = np.random.default_rng([seed, 4])
+    images = np.clip(images + noise * noise_rng.standard_normal(images.shape), 0.0, 1.0)
+    labels = tile_glyphs[:, 0] if question == "match" else absent
+    return TileMatching(
+        images=torch.from_numpy(images.astype(np.float32)),
+        labels=torch.from_numpy(labels),
+        class_names=names,
+        masks=torch.from_numpy(masks),
+        other_masks=torch.from_numpy(other_masks),
+        tile_glyphs=torch.from_numpy(tile_glyphs),
+        description=f"matching_tiles(n={n}, question={question!r}, size={size}, clutter={clutter}, "
+                    f"noise={noise}, seed={seed})",
     )

@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, pack, rearrange, unpack
+from einops import einsum, rearrange
 from torch import nn
 
 from .capture import AttentionModule
@@ -30,7 +30,11 @@ POOL_KERNELS = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}  # video: time is not pooled (
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_INIT_STD = 0.01  # official NONLOCAL.CONV_INIT_STD
+# Below this many query-key pairs per image, a pass that needs gradients builds the weights
+# explicitly (faster there, measured in benchmarks/bench_non_local.py); above, the fused kernel.
+EXPLICIT_MAX_PAIRS = 800 * 800
 
 
 class NonLocalBlock(AttentionModule):
@@ -75,7 +79,8 @@ class NonLocalBlock(AttentionModule):
       are floored, as by the official pooling;
     * ``scale=None``: the softmax forms multiply θᵀφ by 1/√d, d the width of the vectors
       compared (``inner_channels``; C for the Gaussian), the official ``USE_SCALE=True``
-      (released models were trained with it). ``scale=1.0`` gives the paper's Eq. 2-3. The
+      (released models were trained with it). The official code has no Gaussian form: its
+      1/√C is this course's extension, by analogy. ``scale=1.0`` gives the paper's Eq. 2-3. The
       dot-product and concatenation forms have no scale in either (only None or 1.0 is
       accepted there);
     * W_z is followed by batch norm whose weight γ **and** bias β start at 0, so the block is
@@ -89,15 +94,26 @@ class NonLocalBlock(AttentionModule):
     gives 2,101,760. The Gaussian form has no θ, φ; the concatenation form adds the
     2 · ``inner_channels`` weights of w_f.
 
-    **Cost.** The softmax forms call ``F.scaled_dot_product_attention`` on contiguous 4-D
-    (B, 1, N, d) tensors of equal widths (the Gaussian zero-pads the narrower of x and g,
-    which changes no value): the layout PyTorch's fused kernels need to run without storing
-    the N x N̂ affinity (measured on CPU: 3-D, oddly strided or unequal-width inputs fall back
-    to a path that stores it; on GPU the kernel chosen also depends on width and dtype).
-    The dot-product form is linear in the affinity, so it sums in whichever order is
-    cheaper, (θᵀφ) g or θᵀ(φ g), both exact. The concatenation form stores one N x N̂
-    matrix (never the N x N̂ x 2d concatenation). Asking for the map (``return_attention=True``
-    or an active ``capture_attention``) computes the explicit weights and aggregates with them.
+    **Cost.** Two exact routes, chosen by speed (``benchmarks/bench_non_local.py``):
+
+    * *fused*: the softmax forms, without gradients or on maps with more than
+      ``EXPLICIT_MAX_PAIRS`` query-key pairs, call ``F.scaled_dot_product_attention`` on
+      (B, 1, N, d) rows whose feature axis is contiguous, of equal widths (the Gaussian
+      zero-pads the narrower of x and g, which changes no value): the layout PyTorch's fused
+      kernels need to run without storing the N x N̂ affinity (measured on CPU: 3-D or
+      transposed inputs fall back to a path that stores it);
+    * *explicit*: the N x N̂ weights are built when the map is asked for
+      (``return_attention=True`` or an active ``capture_attention``), for the dot-product and
+      concatenation forms, and for the softmax forms with gradients on small maps, where the
+      explicit product and its backward are faster than the fused kernel's on CPU. θ, φ, g
+      then stay in the convolutions' layout and are read transposed by the matrix products,
+      so that no gradient is copied into another layout.
+
+    In both, 1x1 convolutions that read the same input run as one convolution (weights
+    stacked; the parameters stay separate modules), W_z reads y in the layout the products
+    leave it in, and the scale is applied inside the matrix product. The dot-product form
+    sums in whichever order is cheaper, (θᵀφ) g or θᵀ(φ g). The concatenation form stores one
+    N x N̂ matrix, never the N x N̂ x 2d concatenation.
     """
 
     def __init__(self, channels: int, inner_channels: int | None = None, *,
@@ -181,63 +197,90 @@ class NonLocalBlock(AttentionModule):
         y, maps = self._non_local_operation(x, want_map)
         if want_map:
             self._record(maps)
-        z = x + self.bn(self.out(y))  # the block: residual branch W_z, BN, then + x
+        z = x + self.bn(_conv1x1_from_rows(self.out, y).view(x.shape))  # W_z, BN, then + x
         return (z, maps) if return_attention else z
 
     def _non_local_operation(self, x: torch.Tensor, want_map: bool):
-        """y = (1 / C(x)) sum_j f(x_i, x_j) g(x_j) as a (B, inner, *grid) map (and the weights).
+        """y = (1 / C(x)) sum_j f(x_i, x_j) g(x_j) as rows (B, N, inner) (and the weights).
 
         A method of its own so that its intermediate tensors are freed before W_z runs.
+        Two exact routes, chosen by what is faster (benchmarks/bench_non_local.py):
+
+        * explicit: the N x N̂ weights are built (the map was asked for; the dot-product and
+          concatenation forms; or a softmax form with gradients on a small map, where the
+          explicit product and its backward beat the fused kernel). θ, φ, g stay in the
+          convolutions' (B, width, positions) layout, read transposed by the matrix products,
+          so that no gradient has to be copied into another layout;
+        * fused: a softmax form on a large map, or without gradients: θ, φ, g are written as
+          rows (B, positions, width), the layout of ``F.scaled_dot_product_attention``, which
+          never stores the N x N̂ matrix.
+
+        Either way, 1x1 convolutions that read the same input run as one (their weights
+        stacked): θ, φ, g on x without sub-sampling; φ, g on x̂ with it.
         """
-        x_hat = self.pool(x)  # sub-sampled input of the phi and g paths
-        # positions flattened: (B, c, *grid) -> (B, 1, N, c), one "head", contiguous
-        if self.pairwise == "gaussian":
-            q, query_shape = _positions(x)
-            k, key_shape = _positions(x_hat)
-        else:
-            q, query_shape = _positions(self.theta(x))
-            k, key_shape = _positions(self.phi(x_hat))
-        v, _ = _positions(self.g(x_hat))
+        x_hat = self.pool(x)  # sub-sampled input of the phi and g paths (x itself without sub-sampling)
+        key_shape = x_hat.shape[2:]
+        n, m = x[0, 0].numel(), x_hat[0, 0].numel()
+        explicit = (want_map or self.pairwise not in SOFTMAX_FORMS
+                    or (torch.is_grad_enabled() and n * m <= EXPLICIT_MAX_PAIRS))
+        q, k, v = self._embed(x, x_hat, rows=not explicit)
         del x_hat
-
         maps = {}
+        if not explicit:
+            return _softmax_attention(q, k, v, self.affinity_scale), maps
+        v_rows = rearrange(v, "b e m -> b m e")  # a view
+        d, e = q.shape[1], v.shape[1]
+        if not want_map and self.pairwise == "dot_product" and (n + m) * d * e < n * m * (d + e):
+            # the dot product is linear in the weights: θᵀ(φ gᵀ) / N̂ needs no N x N̂ matrix
+            return torch.bmm(rearrange(q, "b d n -> b n d"), torch.bmm(k, v_rows)) / m, maps
+        weights = self._weights(q, k)  # (B, N, N̂): f(x_i, x_j) / C(x)
         if want_map:
-            weights = self._weights(q, k)  # (B, 1, N, N̂): f(x_i, x_j) / C(x)
-            y = einsum(weights, v, "b h n m, b h m c -> b h n c")
-            maps["attention"] = unpack(rearrange(weights, "b 1 n m -> b n m"), key_shape, "b n *")[0]
+            maps["attention"] = weights.view(*weights.shape[:2], *key_shape)
+        return torch.bmm(weights, v_rows), maps
+
+    def _embed(self, x: torch.Tensor, x_hat: torch.Tensor, rows: bool):
+        """θ(x), φ(x̂), g(x̂) (x, x̂ themselves for the Gaussian's θ, φ), as (B, width, positions)
+        or, with ``rows``, as (B, positions, width)."""
+        to_rows = lambda t: rearrange(t.flatten(2), "b c n -> b n c")  # noqa: E731  (a view)
+        if self.pairwise == "gaussian":
+            embeddings = [(x, None), (x_hat, None), (x_hat, [self.g])]
+        elif self.sub_sample:
+            embeddings = [(x, [self.theta]), (x_hat, [self.phi, self.g])]
         else:
-            y = self._aggregate(q, k, v)
-        del q, k, v
-        # back to (B, inner, *grid), in the standard layout (the 1x1 conv then keeps x's layout)
-        return unpack(rearrange(y, "b 1 n c -> b c n").contiguous(), query_shape, "b c *")[0], maps
+            embeddings = [(x, [self.theta, self.phi, self.g])]
+        out = []
+        for source, convs in embeddings:
+            if convs is None:
+                out.append(to_rows(source) if rows else source.flatten(2))
+            elif rows:
+                out.extend(_conv1x1_to_rows(convs, source).split(self.inner_channels, dim=-1))
+            else:
+                out.extend(_conv1x1(convs, source, self.spatial_dims).flatten(2).split(self.inner_channels, dim=1))
+        return out
 
-    # --- y = (1 / C(x)) sum_j f(x_i, x_j) g(x_j), without the N x N̂ matrix where possible ---
-
-    def _aggregate(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.pairwise in SOFTMAX_FORMS:
-            return _softmax_attention(q, k, v, self.affinity_scale)
-        if self.pairwise == "dot_product":
-            n, m, d, e = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-            if (n + m) * d * e < n * m * (d + e):  # theta^T (phi g) is cheaper: no N x N̂ matrix
-                kv = einsum(k, v, "b h m d, b h m e -> b h d e")
-                return einsum(q, kv, "b h n d, b h d e -> b h n e") / m
-            return einsum(self._weights(q, k), v, "b h n m, b h m e -> b h n e")
-        # concatenation: ReLU does not factorise, one N x N̂ matrix is needed
-        return einsum(self._weights(q, k), v, "b h n m, b h m e -> b h n e")
+    # --- the explicit weights f(x_i, x_j) / C(x) -------------------------------------------
 
     def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The explicit normalised pairwise weights f(x_i, x_j) / C(x), shape (B, 1, N, N̂)."""
-        m = k.shape[-2]
+        """The normalised pairwise weights f(x_i, x_j) / C(x), shape (B, N, N̂), from θ (B, d, N)
+        and φ (B, d, N̂) (x and x̂ for the Gaussian)."""
+        m = k.shape[-1]
         if self.pairwise == "concatenation":
             # w_f^T [theta_i; phi_j] = w_theta^T theta_i + w_phi^T phi_j: a sum of a column and a row
             w_theta, w_phi = rearrange(self.concat_project.weight, "1 (two d) -> two d", two=2)
-            a = einsum(q, w_theta, "b h n d, d -> b h n")
-            c = einsum(k, w_phi, "b h m d, d -> b h m")
-            return F.relu(rearrange(a, "b h n -> b h n 1") + rearrange(c, "b h m -> b h 1 m")) / m
-        affinity = einsum(q, k, "b h n d, b h m d -> b h n m")
+            a = einsum(q, w_theta, "b d n, d -> b n")
+            c = einsum(k, w_phi, "b d m, d -> b m")
+            return F.relu(rearrange(a, "b n -> b n 1") + rearrange(c, "b m -> b 1 m")) / m
+        # θ_iᵀ φ_j for every pair, times the scale s (or 1 / N̂) inside the product: no extra pass
+        factor = self.affinity_scale if self.pairwise in SOFTMAX_FORMS else 1.0 / m
+        rows = rearrange(q, "b d n -> b n d")
+        if factor == 1.0:
+            affinity = torch.bmm(rows, k)
+        else:
+            affinity = torch.baddbmm(k.new_zeros(()).expand(k.shape[0], rows.shape[1], m), rows, k,
+                                     beta=0.0, alpha=factor)
         if self.pairwise in SOFTMAX_FORMS:
-            return torch.softmax(affinity * self.affinity_scale, dim=-1)
-        return affinity / m  # dot product
+            return torch.softmax(affinity, dim=-1)
+        return affinity  # dot product: θ_iᵀ φ_j / N̂
 
     # --- input checks ---------------------------------------------------------------------
 
@@ -259,14 +302,35 @@ class NonLocalBlock(AttentionModule):
                              f"{tuple(x.shape)}); use eval mode or a larger input")
 
 
-def _positions(t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Size]]:
-    """(B, c, *grid) -> contiguous (B, 1, N, c) with N = prod(grid), and the grid to undo it."""
-    flat, grid = pack([t], "b c *")
-    return rearrange(flat, "b c n -> b 1 n c").contiguous(), grid
+def _conv1x1(convs: list[nn.Module], x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """1x1 convolutions of the same input x, side by side: one convolution, weights stacked."""
+    if len(convs) == 1:
+        return convs[0](x)
+    return CONV_FUNCTIONS[spatial_dims](x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+
+
+def _conv1x1_to_rows(convs: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """1x1 convolutions of x (B, C, *grid), side by side, as rows: (B, N, sum of out widths).
+
+    One batched product W x + b whose result is laid out with positions as rows: the layout
+    the attention reads, so no copy follows. Several convolutions of the same input share
+    the pass over x (their weights stacked).
+    """
+    weight = torch.cat([rearrange(c.weight, "o i ... -> o (i ...)") for c in convs])  # (out, C)
+    bias = torch.cat([c.bias for c in convs])
+    rows = rearrange(x.flatten(2), "b c n -> b n c")  # a view: bmm reads it transposed
+    return torch.baddbmm(bias, rows, rearrange(weight, "o c -> c o").expand(x.shape[0], -1, -1))
+
+
+def _conv1x1_from_rows(conv: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The 1x1 convolution W_z applied to rows y (B, N, inner): (B, C, N), the standard layout."""
+    weight = rearrange(conv.weight, "o i ... -> o (i ...)")  # (C, inner)
+    return torch.baddbmm(rearrange(conv.bias, "o -> o 1"), weight.expand(y.shape[0], -1, -1),
+                         rearrange(y, "b n i -> b i n"))
 
 
 def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale · q kᵀ, over keys) v without storing the affinity.
+    """softmax(scale · q kᵀ, over keys) v for rows (B, N, d), without storing the affinity.
 
     PyTorch's fused kernels need q, k and v of one width; a zero-padded feature adds exactly
     0 to every dot product and a zero-padded value column gives an output column of 0 that is
@@ -277,5 +341,8 @@ def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
         q, k = F.pad(q, (0, e - d)), F.pad(k, (0, e - d))
     elif e < d:
         v = F.pad(v, (0, d - e))
-    y = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    # one head; the fused kernels read rows whose features are adjacent in memory (a view with
+    # another stride, like the Gaussian's transposed x, sends them to a path storing the matrix)
+    q, k, v = (rearrange(t if t.stride(-1) == 1 else t.contiguous(), "b n d -> b 1 n d") for t in (q, k, v))
+    y = rearrange(F.scaled_dot_product_attention(q, k, v, scale=scale), "b 1 n d -> b n d")
     return y[..., :e] if e < d else y
