@@ -40,7 +40,7 @@ SOFTMAX_SCALE = 7.0    # official: softmax(7 X) over positions
 DENSE = 4.0            # official AttSampler: largest magnification (before the last shift)
 ITERS = 5              # official AttSampler: iterations of the capped-density loop
 TEMPERATURE = 10.0     # official distillation: softmax(z / 10)
-DUPLICATE_RTOL = 1e-5  # channel sums this close (relative) count as one value
+DUPLICATE_ULPS = 4     # channel sums this close (units in the last place) count as one value
 
 
 # --- 1. trilinear attention ---------------------------------------------------------------
@@ -100,21 +100,33 @@ class TrilinearAttention(AttentionModule):
 
 # --- 2. the two sampling maps -------------------------------------------------------------
 
-def distinct_channels(sums: torch.Tensor, rtol: float = DUPLICATE_RTOL) -> torch.Tensor:
+def distinct_channels(sums: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
     """(B, C) bool: True for the first channel (lowest index) of each distinct value of ``sums``.
 
-    Values are duplicates when they differ by at most ``rtol`` times the larger of the two
-    (sorted neighbours are compared). Channels whose sums are equal are, in practice, equal
-    maps: every all-zero channel of X gives one and the same attention map. The mask is
-    built in sorted order and scattered back to channel order, which is what the official
-    code intended (researchmm/tasn #3: its structure map applies the sorted-order mask to the
-    channels in their original order).
+    The official code keeps a channel when its sum differs from the previous one in sorted
+    order (exact float comparison). Here values are duplicates when they differ by at most
+    ``rtol`` times the larger of the two (sorted neighbours are compared); the default,
+    ``DUPLICATE_ULPS`` units in the last place of ``sums``' dtype (4 eps), absorbs the
+    last-bit differences that matrix-product kernels sometimes leave between copies of one
+    map, and nothing more: the sums of 512 distinct attention maps crowd into a narrow range,
+    so a looser tolerance (say 1e-5) would merge distinct maps by the dozen. Channels whose
+    sums are equal are, in practice, equal maps: every all-zero channel of X gives one and
+    the same attention map. The mask is built in sorted order and scattered back to channel
+    order, which is what the official code intended (researchmm/tasn #3: its structure map
+    applies the sorted-order mask to the channels in their original order).
     """
+    if rtol is None:
+        rtol = DUPLICATE_ULPS * torch.finfo(sums.dtype).eps
     values, order = torch.sort(sums, dim=-1, stable=True)
     gap = (values[:, 1:] - values[:, :-1]).abs()
     scale = torch.maximum(values[:, 1:].abs(), values[:, :-1].abs())
     new = torch.cat([torch.ones_like(values[:, :1], dtype=torch.bool), gap > rtol * scale], dim=1)
     return torch.zeros_like(new).scatter(1, order, new)
+
+
+def _channel_sums(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C) sums of the maps over space, in float32 at least (bfloat16 sums are too coarse)."""
+    return reduce(maps.to(torch.promote_types(maps.dtype, torch.float32)), "b c h w -> b c", "sum")
 
 
 def _check_maps(fn: str, maps: object) -> torch.Tensor:
@@ -149,7 +161,7 @@ def structure_map(maps: torch.Tensor, size: int | tuple[int, int] | None = None,
     fn = "structure_map"
     maps = _check_maps(fn, maps).detach()
     check_bool(fn, "square", square)
-    keep = distinct_channels(reduce(maps, "b c h w -> b c", "sum")).to(maps.dtype)
+    keep = distinct_channels(_channel_sums(maps)).to(maps.dtype)
     out = _resize(einsum(keep, maps, "b c, b c h w -> b h w"), size, fn)
     return out * out if square else out
 
@@ -171,7 +183,7 @@ def detail_map(maps: torch.Tensor, size: int | tuple[int, int] | None = None, *,
     maps = _check_maps(fn, maps).detach()
     check_bool(fn, "training", training)
     if training:
-        keep = distinct_channels(reduce(maps, "b c h w -> b c", "sum"))
+        keep = distinct_channels(_channel_sums(maps))
         pick = torch.multinomial(keep.to(torch.float32), 1, generator=generator)   # (B, 1)
         out = maps[torch.arange(maps.shape[0], device=maps.device), pick[:, 0]]
     else:

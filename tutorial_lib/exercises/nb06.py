@@ -48,8 +48,8 @@ def _check_magnification(fn):
 
 
 @exercise("06.3", "multiply-adds of trilinear attention",
-          hint="two matrix products: one between the (C, N) map and its transpose, one between the "
-               "(C, C) relation matrix and the (C, N) map; N = H·W; the softmaxes hold no multiply-adds")
+          hint="find the matrix products among the four steps and the shapes of their two factors; "
+               "an (a x b) by (b x d) product costs a·b·d multiply-adds, a softmax none")
 def _check_multiply_adds(fn):
     for c, h, w in ((512, 28, 28), (64, 14, 14), (3, 5, 7)):
         counted = count_flops(TrilinearAttention(), torch.zeros(1, c, h, w)) // 2   # 2 FLOPs per multiply-add
