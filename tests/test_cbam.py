@@ -402,6 +402,39 @@ def test_fast_path_on_channels_last_input():
     a, b = run_with_grad(fast, x, g), run_with_grad(literal, x, g)
     assert torch.equal(a[0], b[0])
     torch.testing.assert_close(a[2], b[2], rtol=1e-4, atol=1e-6)
+    for name in a[3]:
+        torch.testing.assert_close(a[3][name], b[3][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("part", ["channel", "spatial", "cbam"])
+def test_fast_backward_when_only_a_map_receives_gradient(part, training):
+    # the loss reads the returned map alone: the gate's output gets no gradient (None inside backward)
+    make = {"channel": lambda **kw: tl.ChannelAttention(16, 4, **kw),
+            "spatial": lambda **kw: tl.SpatialAttention(5, **kw),
+            "cbam": lambda **kw: tl.CBAM(16, 4, kernel_size=5, **kw)}[part]
+    fast = randomise(make(), seed=29).double().train(training)
+    literal = make(fast_backward=False).double().train(training)
+    literal.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 16, 5, 4, dtype=torch.float64)
+    found = []
+    for module in (fast, literal):
+        xg = x.clone().requires_grad_()
+        _, maps = module(xg, return_attention=True)
+        key = "channel" if part == "channel" else "spatial"
+        maps[key].pow(3).sum().backward()
+        found.append([xg.grad] + [p.grad for p in module.parameters()])
+    for a, b in zip(*found):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_gradients_follow_the_input_dtype(dtype):
+    cbam = randomise(tl.CBAM(8, 2), seed=30).to(dtype)
+    x = torch.randn(2, 8, 5, 5, dtype=dtype, requires_grad=True)
+    cbam(x).square().sum().backward()
+    assert x.grad.dtype == dtype
+    assert all(p.grad.dtype == dtype for p in cbam.parameters())
 
 
 def test_inplace_only_without_gradients():

@@ -29,12 +29,14 @@ is small. When gradients are recorded, each gate runs as one autograd function
 (``fast_backward=True``, the default) whose backward pass computes the gradient of the input
 in one buffer: the gradient through the product, plus the mean's share added in place,
 plus the maximum's gradient scattered to the one position that held it (the index comes
-from ``torch.max``, as in the official ``max_pool2d`` / ``torch.max``). The small parts
-still go through autograd. Values are identical to the literal path; gradients are equal
-up to rounding, except where a maximum is tied: the literal path (einops' max, i.e.
-``amax``) splits the gradient evenly over the tied elements, this one sends it to the
-first of them, as the official code does. ``fast_backward=False`` gives the literal
-autograd path, which also supports double backward and ``torch.func`` transforms.
+from ``max_pool2d`` in the channel gate and from ``torch.max`` in the spatial gate, the two
+calls of the official code). The small parts still go through autograd. Values are
+identical to the literal path; gradients are equal up to rounding, except where a maximum
+is tied: the literal path (einops' max, i.e. ``amax``) splits the gradient evenly over the
+tied elements, this one sends it to the first of them, as the official code does.
+``fast_backward=False`` gives the literal autograd path, which also supports double
+backward and ``torch.func`` transforms (with the default, ``torch.func`` stops with
+PyTorch's error about ``setup_context``).
 """
 from __future__ import annotations
 
