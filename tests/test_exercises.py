@@ -160,3 +160,19 @@ def test_student_copies_never_overwrite_work_unless_forced(tmp_path, capsys):
     assert "YOUR CODE HERE" in (target / "00_a.ipynb").read_text()
     with pytest.raises(FileNotFoundError, match="expected notebooks"):
         write_student_copies(tmp_path / "empty", target)
+
+
+def test_only_the_placeholder_means_not_done_a_library_error_is_feedback():
+    from tutorial_lib.exercises.core import STUB_MESSAGE
+    ex_id = "00.2"                                          # takes a function
+
+    def stub(*args):
+        raise NotImplementedError(STUB_MESSAGE)
+
+    def misuse(*args):
+        raise NotImplementedError("Ellipsis inside parenthesis in the left side is not supported")
+
+    assert "not done yet" in verdict(ex_id, stub)[1]
+    ok, line = verdict(ex_id, misuse)
+    assert not ok and "your answer raised NotImplementedError: Ellipsis inside" in line
+    assert STUB_MESSAGE in strip_solutions("def f():\n    # BEGIN SOLUTION\n    pass\n    # END SOLUTION\n")

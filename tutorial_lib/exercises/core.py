@@ -43,6 +43,8 @@ class Exercise:
 
 
 REGISTRY: dict[str, Exercise] = {}
+# What the student copy's placeholder raises (tutorial_lib/exercises/student.py writes it).
+STUB_MESSAGE = "exercise: replace this line with your code"
 
 
 def exercise(id: str, title: str, hint: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
@@ -70,8 +72,13 @@ def verdict(id: str, answer: Any) -> tuple[bool, str]:
         return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
     try:
         ex.checker(answer)
-    except NotImplementedError:
-        return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
+    except NotImplementedError as err:
+        # the student copy's placeholder (or a bare raise) means "not done"; a library raising
+        # NotImplementedError with a message of its own (einops does, for some misuse) is a real error
+        if not str(err) or str(err) == STUB_MESSAGE:
+            return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
+        return False, (f"✗ [{id}] {ex.title}: your answer raised NotImplementedError: {err}\n"
+                       f"  Hint: {ex.hint}")
     except AssertionError as err:
         return False, f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
     except Exception as err:  # the learner's code raised: report it as feedback, not a crash

@@ -25,6 +25,8 @@ import re
 import sys
 from pathlib import Path
 
+from .core import STUB_MESSAGE
+
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
 
@@ -60,7 +62,7 @@ def strip_solutions(source: str) -> str:
         elif block is not None and END.match(line):
             out.append(f"{indent}# YOUR CODE HERE\n")
             if indent:
-                out.append(f'{indent}raise NotImplementedError("exercise: replace this line with your code")\n')
+                out.append(f'{indent}raise NotImplementedError("{STUB_MESSAGE}")\n')
             else:
                 out.extend(f"{name} = ...\n" for name in _assigned_names("".join(block)))
             block = None
