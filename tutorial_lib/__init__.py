@@ -24,12 +24,13 @@ from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa:
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
 from .data import (FEATURE_NAMES, LabelledImages, attention_on_mask, channel_signal, handmade_features,  # noqa: E402
-                   objects_on_clutter, sample_image)
+                   objects_on_clutter, odd_one_out, sample_image)
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
 from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
+from .rga import RGA  # noqa: E402
 # (end of mechanisms)
 
 __version__ = "0.1.0"
@@ -46,13 +47,14 @@ __all__ = [
     "SqueezeExcitation",
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
+    "RGA",
     # (end of mechanism names)
     # support
     "AttentionModule", "capture_attention",
     "ShapeError", "check_shape", "describe_shape", "show_shape",
     "count_flops", "count_parameters", "format_bytes", "format_count", "measure_latency", "peak_memory",
     "FEATURE_NAMES", "LabelledImages", "attention_on_mask", "channel_signal", "handmade_features",
-    "objects_on_clutter", "sample_image",
+    "objects_on_clutter", "odd_one_out", "sample_image",
     "setup_notebook",
     *_LAZY,
 ]
