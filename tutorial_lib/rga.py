@@ -56,11 +56,14 @@ def _head(in_channels: int, down_ratio: int) -> nn.Sequential:
 
 
 def _embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential], fuse: bool) -> list[torch.Tensor]:
-    """Several conv-BN-ReLU embeddings of one input (θ, φ and ψ of a branch).
+    """The conv-BN-ReLU embeddings θ, φ, ψ of a branch, all of the same input.
 
     ``fuse``: one conv with their stacked weights. Each output channel of a conv is its own dot
-    product, so stacking changes no value; the input is read once instead of three times, and
-    each part keeps its own BatchNorm. Otherwise each embedding runs on its own (official).
+    product, so stacking changes no value; the input is read once instead of three times and
+    small maps pay one kernel launch instead of three. Each part keeps its own BatchNorm.
+    Stacking copies the weights, which training keeps for the backward pass, so it is used
+    where they are small (the spatial branch: C x C/8 each), not where they are large (the
+    channel branch: N x N/8 each, one weight per position). Otherwise each runs on its own.
     """
     if not fuse:
         return [e(x) for e in embeddings]
@@ -92,9 +95,9 @@ def _relation_embedding(conv: nn.Conv2d, theta: torch.Tensor, phi: torch.Tensor,
     w_in, w_out = weight                                                   # views of the conv weight, (k, n) each
     a = einsum(phi, w_in, "b d j, k j -> b d k")
     b = einsum(theta, w_out, "b d j, k j -> b d k")
-    node, _ = pack([theta, phi], "b * i")                                  # (B, 2d, n): θ_i meets A, φ_i meets B
-    summary, _ = pack([a, b], "b * k")                                     # (B, 2d, k)
-    return einsum(node, summary, "b e i, b e k -> b k i")
+    out = einsum(theta, a, "b d i, b d k -> b k i")                        # θ_iᵀ A[:, k]
+    out += einsum(phi, b, "b d i, b d k -> b k i")                         # + φ_iᵀ B[:, k]
+    return out
 
 
 def _head_logit(head: nn.Sequential, feature: torch.Tensor, relations: torch.Tensor, concatenate: bool) -> torch.Tensor:
@@ -275,7 +278,7 @@ class RGA(AttentionModule):
         """sigmoid(W ỹ) for every node of ``nodes`` (B, c_in, *grid): one node per grid cell."""
         theta_m, phi_m, gx_m, gg_m, head = (getattr(self, f"{part}_{branch}") for part in ("theta", "phi", "gx", "gg", "W"))
         literal = self.relation == "literal"
-        theta, phi, gx = _embeddings(nodes, (theta_m, phi_m, gx_m), fuse=not literal)
+        theta, phi, gx = _embeddings(nodes, (theta_m, phi_m, gx_m), fuse=not literal and branch == "spatial")
         theta, grid = pack([theta], "b d *")                                      # nodes flattened: (B, d, n)
         phi, _ = pack([phi], "b d *")
         relations = _relation_embedding(gg_m[0], theta, phi, self.relation)      # (B, k, n)
