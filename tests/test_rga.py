@@ -685,3 +685,17 @@ def test_exercise_04_4_oddness():
     assert not passes("04.4", lambda x: -torch.einsum("bchw,bcij->bhwij", F.normalize(x, dim=(2, 3)),
                                                        F.normalize(x, dim=(2, 3))).mean(dim=(3, 4)))  # wrong axis
     assert not passes("04.4", ...)
+
+
+def test_gate_methods_check_their_input_and_branch():
+    module = randomise(RGA(8, (3, 5), **SMALL))
+    x = make_input(8, 3, 5, dtype=torch.float32)
+    torch.testing.assert_close(module.spatial_gate(x), module(x, return_attention=True)[1]["spatial"])
+    with pytest.raises(ValueError, match="built for 3x5 inputs"):
+        module.spatial_gate(torch.ones(1, 8, 5, 3))
+    with pytest.raises(ValueError, match="built for 3x5 inputs"):
+        module.channel_gate(torch.ones(1, 8, 5, 3))
+    with pytest.raises(ValueError, match="no spatial branch|with a spatial branch"):
+        RGA(8, (3, 5), use_spatial=False, **SMALL).spatial_gate(x)
+    with pytest.raises(ValueError, match="with a channel branch"):
+        RGA(8, (3, 5), use_channel=False, **SMALL).channel_gate(x)

@@ -72,44 +72,37 @@ def _embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential], fuse: bool
     return [e[2](e[1](part)) for e, part in zip(embeddings, parts)]
 
 
-def _relation_embedding(conv: nn.Conv2d, theta: torch.Tensor, phi: torch.Tensor, relation: str) -> torch.Tensor:
-    """The relation embedding's 1x1 conv applied to the stacked relation vectors, before its BN.
+def _literal_relation_embedding(conv: nn.Conv2d, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """The official relation embedding's conv, before its BN: (B, k, n) from θ, φ of shape (B, d, n).
 
-    ``theta``, ``phi``: (B, d, n) — the embedded features of the n nodes (positions or channels).
-    ``conv``: the 1x1 conv over the 2n relation channels, weight (k, 2n, 1, 1), no bias.
-    Returns (B, k, n): for node i and output channel k,
-    Σ_j W_in[k, j] R[i, j] + Σ_j W_out[k, j] R[j, i] with R[i, j] = θ_iᵀ φ_j.
-
-    ``"literal"`` builds R (B, n, n), stacks R and Rᵀ into (B, 2n, n) and convolves: what the
-    official code does, O(n³) time and O(n²) memory. ``"factored"`` uses
-    Σ_j W_in[k, j] θ_iᵀ φ_j = θ_iᵀ (Σ_j W_in[k, j] φ_j) (and the same with θ and φ swapped for
-    W_out): two products with the (d, k) matrices Φ W_inᵀ and Θ W_outᵀ, O(n² d) time, no n x n
-    tensor. Both give the same numbers up to rounding.
+    Builds R (B, n, n) with R[i, j] = θ_iᵀ φ_j, stacks R and Rᵀ into (B, 2n, n) — at node i,
+    channel j holds R[i, j] and channel n + j holds R[j, i] — and applies the 1x1 conv over the 2n
+    relation channels: O(n³) time, O(n²) memory. Output channel k at node i is
+    Σ_j W_in[k, j] R[i, j] + Σ_j W_out[k, j] R[j, i]; ``_factored`` computes the same numbers.
     """
-    weight = rearrange(conv.weight, "k (two n) 1 1 -> two k n", two=2)  # W_in (rows), W_out (columns)
-    if relation == "literal":
-        r = einsum(theta, phi, "b d i, b d j -> b i j")                   # R[i, j] = θ_iᵀ φ_j
-        stacked, _ = pack([rearrange(r, "b i j -> b j i"), r], "b * i")   # channel j at node i: R[i, j], then R[j, i]
-        return rearrange(conv(rearrange(stacked, "b m i -> b m i 1")), "b k i 1 -> b k i")  # the official conv
-    # factored: A[:, k] = Σ_j W_in[k, j] φ_j and B[:, k] = Σ_j W_out[k, j] θ_j, both (d, k)
-    w_in, w_out = weight                                                   # views of the conv weight, (k, n) each
-    a = einsum(phi, w_in, "b d j, k j -> b d k")
-    b = einsum(theta, w_out, "b d j, k j -> b d k")
+    r = einsum(theta, phi, "b d i, b d j -> b i j")                       # R[i, j] = θ_iᵀ φ_j
+    stacked, _ = pack([rearrange(r, "b i j -> b j i"), r], "b * i")       # channel j at node i: R[i, j], then R[j, i]
+    return rearrange(conv(rearrange(stacked, "b m i -> b m i 1")), "b k i 1 -> b k i")
+
+
+def _factored(weight: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Σ_j W_in[k, j] R[i, j] + Σ_j W_out[k, j] R[j, i] = θ_iᵀ A[:, k] + φ_iᵀ B[:, k], no n x n tensor."""
+    w_in, w_out = rearrange(weight, "k (two n) 1 1 -> two k n", two=2)   # views: rows half, columns half
+    a = einsum(phi, w_in, "b d j, k j -> b d k")                           # A = Φ W_inᵀ, (d, k)
+    b = einsum(theta, w_out, "b d j, k j -> b d k")                        # B = Θ W_outᵀ, (d, k)
     out = einsum(theta, a, "b d i, b d k -> b k i")                        # θ_iᵀ A[:, k]
     out += einsum(phi, b, "b d i, b d k -> b k i")                         # + φ_iᵀ B[:, k]
     return out
 
 
-def _head_logit(head: nn.Sequential, feature: torch.Tensor, relations: torch.Tensor, concatenate: bool) -> torch.Tensor:
+def _head_logit(head: nn.Sequential, feature: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
     """The W head on ỹ = [feature; relation embedding]: (B, 1, *grid) logits, before the sigmoid.
 
-    ``concatenate``: build ỹ as one tensor, as the official code does. Otherwise the head's
-    first 1x1 conv is split into its column for the feature and its columns for the relation
-    embedding (W1 ỹ = w_f · feature + W_r · relations): the same numbers without a copy of the
-    (B, 1 + k, *grid) concatenation, which training would keep for the backward pass.
+    The head's first 1x1 conv is split into its column for the feature and its columns for the
+    relation embedding (W1 ỹ = w_f · feature + W_r · relations): the same numbers as the
+    official ``head(cat([feature, relations]))`` without a copy of the (B, 1 + k, *grid)
+    concatenation, which training would keep for the backward pass.
     """
-    if concatenate:
-        return head(torch.cat([feature, relations], dim=1))
     weight = head[0].weight                                                 # (hidden, 1 + k, 1, 1)
     hidden = F.conv2d(relations, weight[:, 1:]) + F.conv2d(feature, weight[:, :1])
     return head[1:](hidden)
@@ -253,24 +246,28 @@ class RGA(AttentionModule):
         self._check(x, return_attention)
         maps = {}
         if self.use_spatial:
-            maps["spatial"] = self.spatial_gate(x)              # (B, 1, H, W)
+            maps["spatial"] = self._gate(x, "spatial")                                   # (B, 1, H, W)
             x = x * maps["spatial"]
         if self.use_channel:
-            maps["channel"] = self.channel_gate(x)              # (B, C, 1, 1)
+            gate = self._gate(rearrange(x, "b c h w -> b (h w) c 1"), "channel")         # (B, 1, C, 1)
+            maps["channel"] = rearrange(gate, "b 1 c 1 -> b c 1 1")
             x = x * maps["channel"]
         self._record(maps)
         return (x, maps) if return_attention else x
 
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """RGA-S's gate, (B, 1, H, W) in (0, 1): one weight per position (nodes: the N positions)."""
+        """RGA-S's gate for x, (B, 1, H, W) in (0, 1): one weight per position (nodes: the N positions)."""
+        self._check(x, False, branch="spatial")
         return self._gate(x, "spatial")
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """RGA-C's gate, (B, C, 1, 1) in (0, 1): one weight per channel (nodes: the C channels).
+        """RGA-C's gate for x, (B, C, 1, 1) in (0, 1): one weight per channel (nodes: the C channels).
 
         The official view: the map becomes (B, N, C, 1), so the N positions are the input
-        channels of the branch's 1x1 convs and the C channels a C x 1 "image" of nodes.
+        channels of the branch's 1x1 convs and the C channels a C x 1 "image" of nodes. (In
+        RGA-SC the channel gate is computed on the spatially re-weighted map.)
         """
+        self._check(x, False, branch="channel")
         gate = self._gate(rearrange(x, "b c h w -> b (h w) c 1"), "channel")
         return rearrange(gate, "b 1 c 1 -> b c 1 1")
 
@@ -281,16 +278,24 @@ class RGA(AttentionModule):
         theta, phi, gx = _embeddings(nodes, (theta_m, phi_m, gx_m), fuse=not literal and branch == "spatial")
         theta, grid = pack([theta], "b d *")                                      # nodes flattened: (B, d, n)
         phi, _ = pack([phi], "b d *")
-        relations = _relation_embedding(gg_m[0], theta, phi, self.relation)      # (B, k, n)
+        if literal:                                                               # the official operations
+            relations = _literal_relation_embedding(gg_m[0], theta, phi)         # (B, k, n)
+        else:                                                                     # ours: no n x n tensor
+            relations = _factored(gg_m[0].weight, theta, phi)
         [relations] = unpack(relations, grid, "b k *")                           # back on the grid
         relations = gg_m[2](gg_m[1](relations))                                  # BN, ReLU
         feature = reduce(gx, "b d ... -> b 1 ...", "mean")                        # mean over the embedding
-        return torch.sigmoid(_head_logit(head, feature, relations, concatenate=literal))
+        if literal:
+            return torch.sigmoid(head(torch.cat([feature, relations], dim=1)))
+        return torch.sigmoid(_head_logit(head, feature, relations))
 
     # --- input checks ---------------------------------------------------------------------
 
-    def _check(self, x: object, return_attention: object) -> None:
+    def _check(self, x: object, return_attention: object, branch: str | None = None) -> None:
         name = type(self).__name__
+        if branch is not None and not getattr(self, f"use_{branch}"):
+            raise ValueError(f"{name}: expected a module with a {branch} branch for {branch}_gate, but this one "
+                             f"was built with use_{branch}=False")
         check_input(name, x, ndim=4, layout="(B, C, H, W)", channels=self.channels)
         check_bool(name, "return_attention", return_attention)
         h, w = self.spatial_size
