@@ -59,11 +59,10 @@ def _embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential], fuse: bool
     """The conv-BN-ReLU embeddings θ, φ, ψ of a branch, all of the same input.
 
     ``fuse``: one conv with their stacked weights. Each output channel of a conv is its own dot
-    product, so stacking changes no value; the input is read once instead of three times and
+    product, so stacking changes no value; the input is read once instead of three times, the
+    backward pass produces one gradient for it instead of three (less memory in training), and
     small maps pay one kernel launch instead of three. Each part keeps its own BatchNorm.
-    Stacking copies the weights, which training keeps for the backward pass, so it is used
-    where they are small (the spatial branch: C x C/8 each), not where they are large (the
-    channel branch: N x N/8 each, one weight per position). Otherwise each runs on its own.
+    Otherwise (the official way) each embedding runs on its own.
     """
     if not fuse:
         return [e(x) for e in embeddings]
@@ -275,7 +274,7 @@ class RGA(AttentionModule):
         """sigmoid(W ỹ) for every node of ``nodes`` (B, c_in, *grid): one node per grid cell."""
         theta_m, phi_m, gx_m, gg_m, head = (getattr(self, f"{part}_{branch}") for part in ("theta", "phi", "gx", "gg", "W"))
         literal = self.relation == "literal"
-        theta, phi, gx = _embeddings(nodes, (theta_m, phi_m, gx_m), fuse=not literal and branch == "spatial")
+        theta, phi, gx = _embeddings(nodes, (theta_m, phi_m, gx_m), fuse=not literal)
         theta, grid = pack([theta], "b d *")                                      # nodes flattened: (B, d, n)
         phi, _ = pack([phi], "b d *")
         if literal:                                                               # the official operations
