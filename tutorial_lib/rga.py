@@ -154,6 +154,13 @@ class RGA(AttentionModule):
     branch). ``relation="factored"`` (default) computes that; ``relation="literal"`` builds
     R as the official code does (for derivations, tests and benchmarks). The BatchNorm comes
     after the conv, so it sees the same values in both modes, in training and in eval mode.
+    The default path makes two more rewrites that change no value: the three embeddings of a
+    branch (same input) run as one conv with stacked weights, and the head's first conv is
+    split into its column for the feature and its columns for the relation embedding instead
+    of convolving their concatenation. The literal mode runs every layer as the official code.
+    What the default still stores is the official architecture's own relation embedding:
+    N/8 channels at each of N positions, N²/8 numbers per sample (see
+    ``benchmarks/bench_rga.py`` for time and memory against the literal mode).
 
     Args:
         channels: C.
