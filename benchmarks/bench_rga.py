@@ -26,6 +26,7 @@ Timings vary from run to run and machine to machine; run on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -81,8 +82,9 @@ def run_branch(branch: str, args) -> dict[int, dict[str, dict[str, float] | None
     results = {}
     print(f"\nRGA-{branch} ({'default module' if branch == 'SC' else 'one branch'}): "
           f"C={args.channels}, batch={args.batch}", flush=True)
-    head = (f"{'map':>7} {'N':>5} | {'fwd ms lit/fac':>17} {'ratio':>6} | {'fwd MiB lit/fac':>17} {'ratio':>6} | "
-            f"{'f+b ms lit/fac':>17} {'ratio':>6} | {'f+b MiB lit/fac':>17} {'ratio':>6}")
+    head = (f"{'map':>7} {'N':>5} | {'GFLOPs lit/fac':>15} {'ratio':>6} | {'fwd ms lit/fac':>17} {'ratio':>6} | "
+            f"{'fwd MiB lit/fac':>17} {'ratio':>6} | {'f+b ms lit/fac':>17} {'ratio':>6} | {'f+b MiB lit/fac':>17} "
+            f"{'ratio':>6}")
     print(head)
     print("-" * len(head), flush=True)
     for side in args.sizes:
@@ -98,16 +100,26 @@ def run_branch(branch: str, args) -> dict[int, dict[str, dict[str, float] | None
             with torch.no_grad():  # same weights, same function: checked before any timing
                 torch.testing.assert_close(factored.eval()(x), literal.eval()(x), rtol=1e-4, atol=1e-5)
         row = {"factored": measure(factored, x, args.repeats),
-               "literal": None if skip_literal else measure(literal, x, args.repeats)}
+               "literal": None if skip_literal else measure(literal, x, args.repeats),
+               "flops": {name: flops(module, x.shape) for name, module in (("factored", factored), ("literal", literal))}}
         results[side] = row
         print(format_row(side, n, row), flush=True)
-    print("pairs: literal/factored; ratio = factored / literal (below 1: the default is faster or lighter)")
+    print("pairs: literal/factored; ratio = factored / literal (below 1: the default is faster or lighter); "
+          "GFLOPs: forward, counted (machine-independent)")
     return results
+
+
+def flops(module: tl.RGA, shape: torch.Size) -> int:
+    """Forward FLOPs (2 per multiply-add) of the module in eval mode, counted on shapes only (meta device)."""
+    meta = copy.deepcopy(module).to("meta").eval()
+    return tl.count_flops(meta, torch.empty(shape, device="meta"))
 
 
 def format_row(side: int, n: int, row) -> str:
     f, lit = row["factored"], row["literal"]
-    cells = [f"{side:>3}x{side:<3} {n:>5}"]
+    fl = row["flops"]
+    cells = [f"{side:>3}x{side:<3} {n:>5}",
+             f"{fl['literal'] / 1e9:>7.2f}/{fl['factored'] / 1e9:<7.2f} {fl['factored'] / fl['literal']:>6.3f}"]
     for key, scale in (("fwd_time", 1e3), ("fwd_mem", 1 / MiB), ("train_time", 1e3), ("train_mem", 1 / MiB)):
         if lit is None:
             cells.append(f"{'skipped':>8}/{f[key] * scale:<8.1f} {'-':>6}")
