@@ -25,13 +25,14 @@ from .cost import (count_flops, count_parameters, format_bytes, format_count,  #
                    measure_latency, peak_memory)
 from .data import (FEATURE_NAMES, LabelledImages, MultiLabelImages, TileMatching, attention_on_mask,  # noqa: E402
                    beacon_lookup, channel_signal, fine_grained_details, handmade_features, matching_tiles,
-                   objects_on_clutter, objects_on_clutter_multilabel, sample_image)
+                   objects_on_clutter, objects_on_clutter_multilabel, odd_one_out, OddOneOutImages, sample_image)
 from .metrics import mean_average_precision  # noqa: E402
 from .notebook import setup_notebook  # noqa: E402
 # mechanisms
 from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
+from .rga import RGA  # noqa: E402
 from .csra import CSRA, MultiHeadCSRA  # noqa: E402
 from .tasn import AttentionSampler, TrilinearAttention, detail_map, distillation_loss, structure_map  # noqa: E402
 from .a2net import DoubleAttention  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "SqueezeExcitation",
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
+    "RGA",
     "CSRA", "MultiHeadCSRA",
     "TrilinearAttention", "AttentionSampler", "structure_map", "detail_map", "distillation_loss",
     "DoubleAttention",
@@ -63,6 +65,7 @@ __all__ = [
     "FEATURE_NAMES", "LabelledImages", "MultiLabelImages", "attention_on_mask", "beacon_lookup", "channel_signal",
     "fine_grained_details", "handmade_features", "objects_on_clutter", "objects_on_clutter_multilabel",
     "sample_image", "mean_average_precision", "TileMatching", "matching_tiles",
+    "OddOneOutImages", "odd_one_out",
     "setup_notebook",
     *_LAZY,
 ]

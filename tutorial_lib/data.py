@@ -35,6 +35,8 @@ __all__ = [
     "PALETTE",
     "TileMatching",
     "matching_tiles",
+    "OddOneOutImages",
+    "odd_one_out",
 ]
 
 # 6x6 glyphs, drawn on an 8x8 tile (1-pixel border of tile colour). 1 = glyph pixel.
@@ -723,4 +725,105 @@ def matching_tiles(n: int = 2000, *, question: str = "match", size: int = 24, cl
         tile_glyphs=torch.from_numpy(tile_glyphs),
         description=f"matching_tiles(n={n}, question={question!r}, size={size}, clutter={clutter}, "
                     f"noise={noise}, seed={seed})",
+    )
+
+
+# --- notebook 04: the odd one out ---
+
+@dataclass
+class OddOneOutImages(LabelledImages):
+    """``LabelledImages`` with ``object_masks`` (N, H, W) bool: the tiles of all objects.
+
+    ``masks`` marks the odd object's tile only; ``object_masks`` marks every object's tile (the
+    odd one's included), so a map can be scored on the odd tile against the other tiles.
+    """
+
+    object_masks: torch.Tensor | None = None
+
+    def subset(self, index: slice | torch.Tensor) -> "OddOneOutImages":
+        out = super().subset(index)
+        return replace(out, object_masks=None if self.object_masks is None else self.object_masks[index])
+
+
+def odd_one_out(n: int = 2000, *, size: int = 32, objects: int = 4, clutter: int = 6, noise: float = 0.04,
+                seed: int = 0) -> OddOneOutImages:
+    """Find the odd one out: several glyphs on tiles, all alike but one; the odd glyph is the class.
+
+    Each RGB image (``size`` x ``size``, values in [0, 1]) holds smooth colour noise, ``clutter``
+    random strokes and blobs (the pieces ``objects_on_clutter`` uses), and ``objects`` 8x8
+    tiles at random places that do not overlap. Every tile has its own random tile and ink
+    colours; ``objects - 1`` tiles carry the same glyph (the majority) and one tile carries
+    another glyph (the odd one). The label is the odd glyph (``GLYPHS``: plus, cross, ring,
+    triangle); the majority glyph is drawn uniformly from the other three. So whether a tile
+    matters depends on all the other tiles: the same tile is the answer in one image and a
+    distractor in another. ``masks`` marks the odd tile, ``object_masks`` every tile. Pixel
+    noise of standard deviation ``noise`` comes last, from its own random stream.
+    """
+    n = _check_n("odd_one_out: n", n)
+    objects = _check_n("odd_one_out: objects", objects, minimum=3)
+    clutter = _check_n("odd_one_out: clutter", clutter, minimum=0)
+    size = _check_n("odd_one_out: size", size, minimum=TILE + 2)
+    if (size // TILE) ** 2 < objects:
+        raise ValueError(f"odd_one_out: expected room for {objects} non-overlapping {TILE}x{TILE} tiles, "
+                         f"but a {size}x{size} image holds at most {(size // TILE) ** 2}; use a larger size")
+    if noise < 0:
+        raise ValueError(f"odd_one_out: expected noise >= 0, but got {noise}")
+    rng = np.random.default_rng([seed, 4])
+    names = tuple(GLYPHS)
+    glyphs = np.stack([GLYPHS[k] for k in names])
+    k = len(names)
+
+    images = 0.15 + 0.5 * _smooth_noise(rng, n, size, 3, cells=4)
+    labels = rng.integers(0, k, n)
+    majority = (labels + rng.integers(1, k, n)) % k            # any glyph but the odd one
+    masks = np.zeros((n, size, size), dtype=bool)
+    object_masks = np.zeros((n, size, size), dtype=bool)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        img = images[i]
+        for _ in range(clutter):
+            colour = rng.random(3)
+            y, x = rng.integers(0, size, 2)
+            kind, length = rng.integers(0, 4), rng.integers(3, 7)
+            if kind == 0:
+                sel = (yy >= y) & (yy < y + 2) & (xx >= x) & (xx < x + length)
+            elif kind == 1:
+                sel = (xx >= x) & (xx < x + 2) & (yy >= y) & (yy < y + length)
+            elif kind == 2:
+                sel = (yy - y >= 0) & (yy - y < length) & (xx - x == yy - y)
+            else:
+                sel = (yy - y) ** 2 + (xx - x) ** 2 <= rng.integers(1, 5)
+            img[:, sel] = colour[:, None]
+        # tile places: rejection sampling until they do not overlap (a grid fallback guarantees it)
+        places: list[tuple[int, int]] = []
+        for _ in range(200):
+            y, x = rng.integers(0, size - TILE + 1, 2)
+            if all(abs(y - py) >= TILE or abs(x - px) >= TILE for py, px in places):
+                places.append((int(y), int(x)))
+                if len(places) == objects:
+                    break
+        if len(places) < objects:
+            cells = rng.permutation((size // TILE) ** 2)[:objects]
+            places = [(int(c // (size // TILE)) * TILE, int(c % (size // TILE)) * TILE) for c in cells]
+        odd = rng.integers(0, objects)
+        for j, (y, x) in enumerate(places):
+            tile, ink = rng.random(3) * 0.5, 0.5 + rng.random(3) * 0.5
+            if rng.random() < 0.5:
+                tile, ink = ink, tile
+            img[:, y:y + TILE, x:x + TILE] = tile[:, None, None]
+            patch = img[:, y + 1:y + TILE - 1, x + 1:x + TILE - 1]
+            patch[:, glyphs[labels[i] if j == odd else majority[i]]] = ink[:, None]
+            object_masks[i, y:y + TILE, x:x + TILE] = True
+            if j == odd:
+                masks[i, y:y + TILE, x:x + TILE] = True
+    noise_rng = np.random.default_rng([seed, 5])
+    images = np.clip(images + noise * noise_rng.standard_normal(images.shape), 0.0, 1.0)
+    return OddOneOutImages(
+        images=torch.from_numpy(images.astype(np.float32)),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        class_names=names,
+        masks=torch.from_numpy(masks),
+        object_masks=torch.from_numpy(object_masks),
+        description=(f"odd_one_out(n={n}, size={size}, objects={objects}, clutter={clutter}, noise={noise}, "
+                     f"seed={seed})"),
     )
