@@ -325,6 +325,20 @@ def test_gradcheck(pairwise, spatial_dims):
         block, dict(zip([n for n, _ in block.named_parameters()], p)), (x.detach(),)), params)
 
 
+def test_gradcheck_of_the_other_routes(monkeypatch):
+    """The tiny inputs above take the explicit route (and the dot product its reordered sum);
+    here gradcheck runs the fused kernel of both softmax forms and the dot product's N x N̂ matrix."""
+    x = make_input(2, channels=2, batch=1, dtype=torch.float64, grid=(2, 4)).requires_grad_()
+    dot = randomise(NonLocalBlock(2, pairwise="dot_product"), seed=5).double()
+    assert torch.autograd.gradcheck(lambda t: dot(t, return_attention=True)[0], (x,))
+    monkeypatch.setattr("tutorial_lib.non_local.EXPLICIT_MAX_PAIRS", 0)
+    calls = _record_fused_calls(monkeypatch)
+    for pairwise in ("embedded_gaussian", "gaussian"):
+        block = randomise(NonLocalBlock(2, inner_channels=3, pairwise=pairwise), seed=5).double()
+        assert torch.autograd.gradcheck(block, (x,))
+    assert calls
+
+
 @pytest.mark.parametrize("pairwise", PAIRWISE)
 def test_training_step_reaches_every_parameter(pairwise):
     block = randomise(NonLocalBlock(4, pairwise=pairwise)).train()
@@ -439,15 +453,57 @@ def test_bad_inputs_other_dims_and_modes():
         NonLocalBlock(4)(torch.ones(1, 4, 4, 4), return_attention="maps")
 
 
+def test_input_dtype_and_device_must_match_the_block():
+    """Both routes name the block and both dtypes (the fused one would otherwise fail inside a
+    batched product that the caller never wrote); torch.autocast may cast on its own."""
+    block = NonLocalBlock(4).eval()
+    x64 = torch.ones(1, 4, 4, 4, dtype=torch.float64)
+    message = r"NonLocalBlock: expected an input of the block's dtype \(torch.float32\), but got torch.float64"
+    with pytest.raises(TypeError, match=message):
+        block(x64)
+    with torch.no_grad(), pytest.raises(TypeError, match=message):
+        block(x64)
+    with pytest.raises(ValueError, match=r"expected an input on the block's device \(cpu\), but got one on meta"):
+        block(torch.ones(1, 4, 4, 4, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(x64.bfloat16()).shape == (1, 4, 4, 4)
+
+
 # --- the two exact routes: explicit weights and the fused kernel -----------------------------
 
+def _record_fused_calls(monkeypatch) -> list:
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr("tutorial_lib.non_local.F.scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+@pytest.mark.parametrize("pairwise,options", [
+    ("embedded_gaussian", {}), ("embedded_gaussian", dict(inner_channels=5, batch_norm=False)),
+    ("gaussian", {}), ("gaussian", dict(inner_channels=9)), ("gaussian", dict(sub_sample=False, scale=0.3))])
+def test_fused_route_without_gradients_matches_literal(monkeypatch, pairwise, options, spatial_dims):
+    """Without gradients (inference) the softmax forms run on the fused kernel: its values match
+    the loops for sequences, images and clips of odd sizes, and when the Gaussian's x is narrower
+    (inner_channels=9 > C) or wider than g, so that one side is zero-padded."""
+    calls = _record_fused_calls(monkeypatch)
+    block = randomise(NonLocalBlock(6, pairwise=pairwise, spatial_dims=spatial_dims, **options)).double()
+    x = make_input(spatial_dims, channels=6, dtype=torch.float64)
+    with torch.no_grad():
+        z = block(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(z, literal_non_local(block, x)[0])
+
 @pytest.mark.parametrize("pairwise", ["embedded_gaussian", "gaussian"])
-@pytest.mark.parametrize("options", [{}, dict(sub_sample=False), dict(scale=1.0), dict(inner_channels=3)])
+@pytest.mark.parametrize("options", [{}, dict(sub_sample=False), dict(scale=1.0), dict(inner_channels=3),
+                                     dict(inner_channels=9), dict(spatial_dims=1), dict(spatial_dims=3)])
 def test_explicit_and_fused_routes_agree_on_values_and_gradients(monkeypatch, pairwise, options):
     """With gradients, small maps build the weights explicitly and large ones use the fused kernel;
     forcing each route on the same block gives the literal values and the same gradients."""
     base = randomise(NonLocalBlock(6, pairwise=pairwise, **options)).double().train()
-    x0 = make_input(2, channels=6, dtype=torch.float64, grid=(6, 5))
+    spatial_dims = options.get("spatial_dims", 2)
+    x0 = make_input(spatial_dims, channels=6, dtype=torch.float64, grid=(6, 5) if spatial_dims == 2 else None)
     expected = literal_non_local(base.eval(), x0)[0]
     results = []
     for limit in (0, 10 ** 9):                      # 0: always fused; 10**9: always explicit

@@ -61,7 +61,8 @@ class NonLocalBlock(AttentionModule):
     The embedded Gaussian is softmax self-attention: y = softmax(s · θᵀφ, over j) g.
 
     **Shapes.** Input and output (B, C, L) for ``spatial_dims=1`` (sequences), (B, C, H, W) for
-    2 (images), (B, C, T, H, W) for 3 (video clips); the output has the input's shape.
+    2 (images), (B, C, T, H, W) for 3 (video clips); the output has the input's shape. The input
+    has the block's dtype and device (any floating dtype under ``torch.autocast``).
     ``return_attention=True`` also returns ``{"attention": (B, N, *key_shape)}``: row i holds
     the weights f(x_i, x_j) / C(x) that position i (queries in raster order) gives to every
     key position j, laid out on the key grid (the sub-sampled grid when ``sub_sample``), so
@@ -289,6 +290,13 @@ class NonLocalBlock(AttentionModule):
         nd = self.spatial_dims
         check_input(name, x, ndim=nd + 2, layout=LAYOUTS[nd], channels=self.channels)
         check_bool(name, "return_attention", return_attention)
+        weight = self.g.weight
+        if x.device != weight.device:
+            raise ValueError(f"{name}: expected an input on the block's device ({weight.device}), but got "
+                             f"one on {x.device}; move the block or the input with .to()")
+        if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+            raise TypeError(f"{name}: expected an input of the block's dtype ({weight.dtype}), but got "
+                            f"{x.dtype}; convert the block or the input with .to(), or run under torch.autocast")
         if self.sub_sample:
             grid = tuple(x.shape[2:])
             if any(size < k for size, k in zip(grid, POOL_KERNELS[nd])):
@@ -300,6 +308,14 @@ class NonLocalBlock(AttentionModule):
             raise ValueError(f"{name}: batch norm in training mode needs more than one value per "
                              f"channel, but got batch 1 with a single position (shape "
                              f"{tuple(x.shape)}); use eval mode or a larger input")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether torch.autocast is active for this device type (it casts inputs and weights itself)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def _conv1x1(convs: list[nn.Module], x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
