@@ -301,6 +301,8 @@ def test_parameter_count_closed_form():
         concatenation = NonLocalBlock(c, pairwise="concatenation")
         assert tl.count_parameters(concatenation) == 2 * c * c + 9 * c // 2 + 2 * d
         assert tl.count_parameters(NonLocalBlock(c, batch_norm=False)) == 2 * c * c + 5 * c // 2
+    for c, d in [(7, 3), (9, 5), (5, 8)]:                     # odd C, any inner width
+        assert tl.count_parameters(NonLocalBlock(c, d)) == 4 * c * d + 3 * d + 3 * c
     assert NonLocalBlock(1).inner_channels == 1
 
 
@@ -419,6 +421,7 @@ def test_lean_path_does_not_store_the_affinity(pairwise):
     (dict(channels=4, sub_sample="yes"), TypeError, "sub_sample to be True or False"),
     (dict(channels=4, batch_norm=1), TypeError, "batch_norm to be True or False"),
     (dict(channels=4, scale=0.0), ValueError, "scale > 0"),
+    (dict(channels=4, scale=float("inf")), ValueError, "expected a finite scale > 0, but got scale=inf"),
     (dict(channels=4, scale="paper"), TypeError, "scale to be a number"),
     (dict(channels=4, pairwise="dot_product", scale=0.5), ValueError, "scale=None"),
 ])

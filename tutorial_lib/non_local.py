@@ -91,8 +91,8 @@ class NonLocalBlock(AttentionModule):
       from N(0, 0.01²), every bias is 0 (official ``CONV_INIT_STD=0.01``, ``NO_BIAS=0``).
       BN uses eps 1e-5 and PyTorch momentum 0.1 (Caffe2 momentum 0.9).
 
-    Parameters with the defaults: 2C² + 4.5C (θ, φ, g, W_z with biases; BN γ, β); C = 1024
-    gives 2,101,760. The Gaussian form has no θ, φ; the concatenation form adds the
+    Parameters with the defaults and an even C: 2C² + 4.5C (θ, φ, g, W_z with biases; BN γ,
+    β); C = 1024 gives 2,101,760 (in general 4Cd + 3d + 3C with d = ``inner_channels``). The Gaussian form has no θ, φ; the concatenation form adds the
     2 · ``inner_channels`` weights of w_f.
 
     **Cost.** Two exact routes, chosen by speed (``benchmarks/bench_non_local.py``):
@@ -132,6 +132,8 @@ class NonLocalBlock(AttentionModule):
         batch_norm = check_bool(name, "batch_norm", batch_norm)
         if scale is not None:
             scale = check_float(name, "scale", scale, minimum=0.0, strict_minimum=True)
+            if not math.isfinite(scale):
+                raise ValueError(f"{name}: expected a finite scale > 0, but got scale={scale}")
             if pairwise not in SOFTMAX_FORMS and scale != 1.0:
                 raise ValueError(f"{name}: expected scale=None (or 1.0) for pairwise={pairwise!r}, "
                                  f"whose normalisation is a division by the number of key positions, "
