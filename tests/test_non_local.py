@@ -548,6 +548,23 @@ def test_fused_one_by_one_convolutions_keep_separate_parameters():
     assert not torch.allclose(grads[0], grads[1])
 
 
+def test_hooks_on_the_fused_convolutions_never_fire_on_any_route():
+    """The forward reads θ, φ, g and W_z's weights without calling them (documented): a hook on
+    them must not fire on one route and not on another; hooks on the block still do."""
+    for pairwise in PAIRWISE:
+        block = NonLocalBlock(8, pairwise=pairwise).eval()
+        fired = []
+        for name, module in block.named_children():
+            module.register_forward_hook(lambda m, i, o, name=name: fired.append(name))
+        block.register_forward_hook(lambda m, i, o: fired.append("block"))
+        x = make_input(2, channels=8, grid=(6, 6))
+        block(x)
+        block(x, return_attention=True)
+        with torch.no_grad():
+            block(x)
+        assert sorted(set(fired)) == ["block", "bn", "pool"], (pairwise, fired)
+
+
 # --- the benchmark script runs ----------------------------------------------------------------
 
 def test_benchmark_quick_runs_and_checks_equal_weights(capsys):

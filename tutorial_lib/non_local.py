@@ -111,8 +111,11 @@ class NonLocalBlock(AttentionModule):
       so that no gradient is copied into another layout.
 
     In both, 1x1 convolutions that read the same input run as one convolution (weights
-    stacked; the parameters stay separate modules), W_z reads y in the layout the products
-    leave it in, and the scale is applied inside the matrix product. The dot-product form
+    stacked; the parameters stay separate modules, with the state_dict keys of separate
+    convolutions), W_z reads y in the layout the products leave it in, and the scale is applied
+    inside the matrix product. The forward reads the weights of θ, φ, g and W_z without calling
+    those modules, so forward hooks registered on them never run (hooks on the block, its
+    pooling and its batch norm do). The dot-product form
     sums in whichever order is cheaper, (θᵀφ) g or θᵀ(φ g). The concatenation form stores one
     N x N̂ matrix, never the N x N̂ x 2d concatenation.
     """
@@ -321,9 +324,13 @@ def _autocast_enabled(device_type: str) -> bool:
 
 
 def _conv1x1(convs: list[nn.Module], x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-    """1x1 convolutions of the same input x, side by side: one convolution, weights stacked."""
+    """1x1 convolutions of the same input x, side by side: one convolution, weights stacked.
+
+    The modules' weights are read, the modules are not called (as on every other route), so
+    that hooks on them behave the same whichever route runs: they never fire.
+    """
     if len(convs) == 1:
-        return convs[0](x)
+        return CONV_FUNCTIONS[spatial_dims](x, convs[0].weight, convs[0].bias)
     return CONV_FUNCTIONS[spatial_dims](x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
 
 
