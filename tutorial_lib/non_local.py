@@ -61,7 +61,8 @@ class NonLocalBlock(AttentionModule):
     The embedded Gaussian is softmax self-attention: y = softmax(s · θᵀφ, over j) g.
 
     **Shapes.** Input and output (B, C, L) for ``spatial_dims=1`` (sequences), (B, C, H, W) for
-    2 (images), (B, C, T, H, W) for 3 (video clips); the output has the input's shape.
+    2 (images), (B, C, T, H, W) for 3 (video clips); the output has the input's shape. The input
+    has the block's dtype and device (any floating dtype under ``torch.autocast``).
     ``return_attention=True`` also returns ``{"attention": (B, N, *key_shape)}``: row i holds
     the weights f(x_i, x_j) / C(x) that position i (queries in raster order) gives to every
     key position j, laid out on the key grid (the sub-sampled grid when ``sub_sample``), so
@@ -90,8 +91,8 @@ class NonLocalBlock(AttentionModule):
       from N(0, 0.01²), every bias is 0 (official ``CONV_INIT_STD=0.01``, ``NO_BIAS=0``).
       BN uses eps 1e-5 and PyTorch momentum 0.1 (Caffe2 momentum 0.9).
 
-    Parameters with the defaults: 2C² + 4.5C (θ, φ, g, W_z with biases; BN γ, β); C = 1024
-    gives 2,101,760. The Gaussian form has no θ, φ; the concatenation form adds the
+    Parameters with the defaults and an even C: 2C² + 4.5C (θ, φ, g, W_z with biases; BN γ,
+    β); C = 1024 gives 2,101,760 (in general 4Cd + 3d + 3C with d = ``inner_channels``). The Gaussian form has no θ, φ; the concatenation form adds the
     2 · ``inner_channels`` weights of w_f.
 
     **Cost.** Two exact routes, chosen by speed (``benchmarks/bench_non_local.py``):
@@ -110,8 +111,11 @@ class NonLocalBlock(AttentionModule):
       so that no gradient is copied into another layout.
 
     In both, 1x1 convolutions that read the same input run as one convolution (weights
-    stacked; the parameters stay separate modules), W_z reads y in the layout the products
-    leave it in, and the scale is applied inside the matrix product. The dot-product form
+    stacked; the parameters stay separate modules, with the state_dict keys of separate
+    convolutions), W_z reads y in the layout the products leave it in, and the scale is applied
+    inside the matrix product. The forward reads the weights of θ, φ, g and W_z without calling
+    those modules, so forward hooks registered on them never run (hooks on the block, its
+    pooling and its batch norm do). The dot-product form
     sums in whichever order is cheaper, (θᵀφ) g or θᵀ(φ g). The concatenation form stores one
     N x N̂ matrix, never the N x N̂ x 2d concatenation.
     """
@@ -131,6 +135,8 @@ class NonLocalBlock(AttentionModule):
         batch_norm = check_bool(name, "batch_norm", batch_norm)
         if scale is not None:
             scale = check_float(name, "scale", scale, minimum=0.0, strict_minimum=True)
+            if not math.isfinite(scale):
+                raise ValueError(f"{name}: expected a finite scale > 0, but got scale={scale}")
             if pairwise not in SOFTMAX_FORMS and scale != 1.0:
                 raise ValueError(f"{name}: expected scale=None (or 1.0) for pairwise={pairwise!r}, "
                                  f"whose normalisation is a division by the number of key positions, "
@@ -289,6 +295,13 @@ class NonLocalBlock(AttentionModule):
         nd = self.spatial_dims
         check_input(name, x, ndim=nd + 2, layout=LAYOUTS[nd], channels=self.channels)
         check_bool(name, "return_attention", return_attention)
+        weight = self.g.weight
+        if x.device != weight.device:
+            raise ValueError(f"{name}: expected an input on the block's device ({weight.device}), but got "
+                             f"one on {x.device}; move the block or the input with .to()")
+        if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+            raise TypeError(f"{name}: expected an input of the block's dtype ({weight.dtype}), but got "
+                            f"{x.dtype}; convert the block or the input with .to(), or run under torch.autocast")
         if self.sub_sample:
             grid = tuple(x.shape[2:])
             if any(size < k for size, k in zip(grid, POOL_KERNELS[nd])):
@@ -302,10 +315,22 @@ class NonLocalBlock(AttentionModule):
                              f"{tuple(x.shape)}); use eval mode or a larger input")
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether torch.autocast is active for this device type (it casts inputs and weights itself)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 def _conv1x1(convs: list[nn.Module], x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-    """1x1 convolutions of the same input x, side by side: one convolution, weights stacked."""
+    """1x1 convolutions of the same input x, side by side: one convolution, weights stacked.
+
+    The modules' weights are read, the modules are not called (as on every other route), so
+    that hooks on them behave the same whichever route runs: they never fire.
+    """
     if len(convs) == 1:
-        return convs[0](x)
+        return CONV_FUNCTIONS[spatial_dims](x, convs[0].weight, convs[0].bias)
     return CONV_FUNCTIONS[spatial_dims](x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
 
 
