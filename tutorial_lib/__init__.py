@@ -5,10 +5,17 @@ Mechanisms (one file each, one notebook each):
     SqueezeExcitation                           se.py          notebook 01
     ChannelAttention, SpatialAttention, CBAM    cbam.py        notebook 02
     NonLocalBlock                               non_local.py   notebook 03
+    RGA                                         rga.py         notebook 04
+    CSRA, MultiHeadCSRA                         csra.py        notebook 05
+    TrilinearAttention, AttentionSampler,       tasn.py        notebook 06
+      structure_map, detail_map, distillation_loss
+    DoubleAttention                             a2net.py       notebook 07
+    (all of them side by side: zoo.py, notebook 08)
 
 Support: checks (shape checks, clear errors), data (offline synthetic data with ground
-truth), training (fit / evaluate), plotting, cost (parameters, FLOPs, latency, memory),
-notebook (set-up), capture (attention maps without hooks), exercises (checkers).
+truth), metrics (mean average precision), training (fit / evaluate / seeds), plotting, cost
+(parameters, FLOPs, latency, memory), notebook (set-up), capture (attention maps without
+hooks), exercises (checkers, student copies, progress).
 
 Importing the package loads torch, einops and numpy only: the plotting stack (matplotlib)
 and the training loop load on first use of one of their names (``tl.show_images``,
