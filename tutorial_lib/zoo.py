@@ -10,8 +10,9 @@ One backbone for every arm, so that the mechanism is the only difference:
 
 * block arms (same place, same width: the last feature map, 32 channels, 8 x 8 positions):
   ``SE`` (r = 4: 8 hidden units), ``CBAM`` (r = 4, 7x7), ``non-local`` (embedded Gaussian,
-  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC, official ratios 8/8/8),
-  ``A2`` (double attention, m = n = 8 = C/4);
+  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC, ratios 4/4/4 as in
+  notebook 04: on 32 channels and 64 positions the official 8/8/8 leave no hidden unit in the
+  channel head), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
   average pooling + linear: it is a classifier head, and belongs where the classifier is;
 * ``plain``: no mechanism, the strongest simple baseline for every arm.
@@ -20,10 +21,10 @@ The TASN sampler belongs *in front of* a network, when the image has more pixels
 network can afford to look at; these 32 x 32 tasks give it nothing to zoom into, so the zoo
 leaves it to notebook 06 and says so.
 
-The reduction ratios are the course's choice for a 32-channel map (the official r = 16 would
-leave 2 hidden units); everything else follows each module's defaults. ``build`` makes a model
-from a seed so that every arm starts from the same backbone weights (the backbone is drawn
-first, from the seed; the mechanism after it).
+The reduction ratios are the course's choice for a 32-channel map (SE's official r = 16 would
+leave 2 hidden units; RGA's as above); everything else follows each module's defaults.
+``build`` makes a model from a seed so that every arm starts from the same backbone weights
+(the backbone is drawn first, from the seed; the mechanism after it).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _block(arm: str) -> nn.Module:
     if arm == "non-local":
         return tl.NonLocalBlock(WIDTH)
     if arm == "RGA":
-        return tl.RGA(WIDTH, (GRID, GRID))
+        return tl.RGA(WIDTH, (GRID, GRID), cha_ratio=4, spa_ratio=4, down_ratio=4)
     if arm == "A2":
         return tl.DoubleAttention(WIDTH, WIDTH // 4, WIDTH // 4)
     return nn.Identity()
