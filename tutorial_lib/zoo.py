@@ -1,25 +1,26 @@
 """The zoo of notebook 08: every mechanism of the course in one small backbone, on one task.
 
-One backbone for every arm, so that the mechanism is the only difference:
+One backbone for every arm, so that the mechanism is the only difference (``size`` is the
+side of the square images, a multiple of 4; the zoo table uses 64):
 
-    image (3, 32, 32)
+    image (3, size, size)
       -> conv-BN-ReLU 3->16, max-pool 2 -> conv-BN-ReLU 16->32, max-pool 2 -> conv-BN-ReLU 32->32
-      -> [the mechanism, on the (32, 8, 8) feature map]                     "block" arms
+      -> [the mechanism, on the (32, size/4, size/4) feature map]           "block" arms
       -> global average pooling -> linear 32->K                             (the plain head)
-         or CSRA on the (32, 8, 8) map                                      "head" arm
+         or CSRA on the (32, size/4, size/4) map                            "head" arm
 
-* block arms (same place, same width: the last feature map, 32 channels, 8 x 8 positions):
+* block arms (same place, same width: the last feature map, 32 channels):
   ``SE`` (r = 4: 8 hidden units), ``CBAM`` (r = 4, 7x7), ``non-local`` (embedded Gaussian,
-  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC, ratios 4/4/4 as in
-  notebook 04: on 32 channels and 64 positions the official 8/8/8 leave no hidden unit in the
-  channel head), ``A2`` (double attention, m = n = 8 = C/4);
+  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC; spa_ratio 8 as official,
+  cha_ratio 4 and down_ratio 4: on 32 channels the official 8 and 8 leave the channel head
+  no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
   average pooling + linear: it is a classifier head, and belongs where the classifier is;
 * ``plain``: no mechanism, the strongest simple baseline for every arm.
 
 The TASN sampler belongs *in front of* a network, when the image has more pixels than the
-network can afford to look at; these 32 x 32 tasks give it nothing to zoom into, so the zoo
-leaves it to notebook 06 and says so.
+network can afford to look at; it changes the input, not a feature map, so it has no place in
+this backbone: notebook 06 measures it against its own baselines.
 
 The reduction ratios are the course's choice for a 32-channel map (SE's official r = 16 would
 leave 2 hidden units; RGA's as above); everything else follows each module's defaults.
@@ -35,14 +36,14 @@ __all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "spatial_map"]
 
 ARMS = ("plain", "SE", "CBAM", "non-local", "RGA", "A2", "CSRA")
 BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA", "A2")
-WIDTH, GRID = 32, 8
+WIDTH, SIZE = 32, 32
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def _block(arm: str) -> nn.Module:
+def _block(arm: str, grid: int) -> nn.Module:
     import tutorial_lib as tl
 
     if arm == "SE":
@@ -52,7 +53,7 @@ def _block(arm: str) -> nn.Module:
     if arm == "non-local":
         return tl.NonLocalBlock(WIDTH)
     if arm == "RGA":
-        return tl.RGA(WIDTH, (GRID, GRID), cha_ratio=4, spa_ratio=4, down_ratio=4)
+        return tl.RGA(WIDTH, (grid, grid), cha_ratio=4, down_ratio=4)
     if arm == "A2":
         return tl.DoubleAttention(WIDTH, WIDTH // 4, WIDTH // 4)
     return nn.Identity()
@@ -61,14 +62,17 @@ def _block(arm: str) -> nn.Module:
 class ZooNet(nn.Module):
     """The backbone, one mechanism (or none) and a head; see the module docstring."""
 
-    def __init__(self, arm: str, num_classes: int) -> None:
+    def __init__(self, arm: str, num_classes: int, size: int = SIZE) -> None:
         super().__init__()
         if arm not in ARMS:
             raise ValueError(f"ZooNet: expected arm to be one of {', '.join(ARMS)}, but got {arm!r}")
-        self.arm = arm
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 4:
+            raise ValueError(f"ZooNet: expected size (the side of the square input images) to be a multiple "
+                             f"of 4, at least 8, but got {size!r}")
+        self.arm, self.size = arm, size
         self.features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
                                       *_conv_bn(32, WIDTH))
-        self.block = _block(arm)
+        self.block = _block(arm, size // 4)
         if arm == "CSRA":
             import tutorial_lib as tl
 
@@ -80,14 +84,14 @@ class ZooNet(nn.Module):
         return self.head(self.block(self.features(images)))
 
 
-def build(arm: str, num_classes: int, seed: int) -> ZooNet:
+def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
     """A ``ZooNet`` whose backbone and plain head depend on ``seed`` only, not on the arm."""
     torch.manual_seed(seed)
     features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
                              *_conv_bn(32, WIDTH))
     plain_head = nn.Linear(WIDTH, num_classes)
     torch.manual_seed(seed + 10_000)  # the mechanism's own weights, drawn after the shared ones
-    net = ZooNet(arm, num_classes)
+    net = ZooNet(arm, num_classes, size)
     net.features.load_state_dict(features.state_dict())
     if arm != "CSRA":
         net.head[2].load_state_dict(plain_head.state_dict())
