@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tutorial_lib.zoo import ARMS, ZooNet, build, spatial_map
+from tutorial_lib.zoo import ARMS, ZooNet, build, peak_on_object, spatial_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,58 @@ def test_each_arm_classifies_and_hands_back_a_map_of_where_it_looks(arm):
 def test_bad_arm_is_refused():
     with pytest.raises(ValueError, match="ZooNet: expected arm to be one of plain"):
         ZooNet("TASN", 4)
+
+
+@pytest.mark.parametrize("size", [6, 30, 32.0, True])
+def test_bad_image_size_is_refused(size):
+    with pytest.raises(ValueError, match="ZooNet: expected size .* multiple of 4"):
+        ZooNet("plain", 4, size)
+
+
+@pytest.mark.parametrize("arm", ["RGA", "non-local", "CSRA"])
+def test_the_mechanism_is_built_for_the_image_size(arm):
+    net = build(arm, 4, seed=0, size=48).eval()
+    assert net(torch.rand(2, 3, 48, 48)).shape == (2, 4)
+    side = 6 if arm == "non-local" else 12      # non-local: where it reads from, the 2x2-pooled key grid
+    assert spatial_map(net, torch.rand(2, 3, 48, 48), torch.tensor([0, 1])).shape == (2, side, side)
+
+
+def _peak_on_object_literal(maps, masks):
+    """Loops: find the largest value, then look at every pixel of its cell."""
+    b, h, w = maps.shape
+    ch, cw = masks.shape[1] // h, masks.shape[2] // w
+    out = []
+    for i in range(b):
+        best = max(((float(maps[i, y, x]), y, x) for y in range(h) for x in range(w)))
+        _, y, x = best
+        out.append(float(any(bool(masks[i, y * ch + dy, x * cw + dx]) for dy in range(ch) for dx in range(cw))))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_peak_on_object_matches_loops_over_cells_and_pixels():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(50, 4, 4, generator=g)
+    masks = torch.zeros(50, 16, 16, dtype=torch.bool)
+    for i in range(50):
+        y, x = torch.randint(0, 12, (2,), generator=g).tolist()
+        masks[i, y:y + 5, x:x + 5] = True
+    got = peak_on_object(maps, masks)
+    torch.testing.assert_close(got.double(), _peak_on_object_literal(maps, masks))
+    assert 0 < got.mean() < 1
+
+
+def test_a_flat_map_scores_the_chance_level_not_the_first_cell():
+    masks = torch.zeros(4000, 8, 8, dtype=torch.bool)
+    masks[:, 4:, :] = True                      # the object covers the lower half; the first cell is outside
+    rate = peak_on_object(torch.full((4000, 4, 4), 0.5), masks).mean().item()
+    assert abs(rate - 0.5) < 0.05
+
+
+def test_peak_on_object_refuses_maps_and_masks_that_do_not_fit():
+    with pytest.raises(ValueError, match="peak_on_object: expected maps"):
+        peak_on_object(torch.rand(2, 4, 4), torch.zeros(3, 16, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="do not split into the maps' 4x4 cells"):
+        peak_on_object(torch.rand(2, 4, 4), torch.zeros(2, 18, 16, dtype=torch.bool))
 
 
 def test_the_zoo_script_runs_quickly(tmp_path):

@@ -30,9 +30,10 @@ leave 2 hidden units; RGA's as above); everything else follows each module's def
 from __future__ import annotations
 
 import torch
+from einops import reduce
 from torch import nn
 
-__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "spatial_map"]
+__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "peak_on_object", "spatial_map"]
 
 ARMS = ("plain", "SE", "CBAM", "non-local", "RGA", "A2", "CSRA")
 BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA", "A2")
@@ -130,3 +131,26 @@ def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None =
         raise ValueError(f"spatial_map: no map for arm {net.arm!r}")  # pragma: no cover
     finally:
         net.train(was_training)
+
+
+def peak_on_object(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image, 1.0 when the largest value of its map lies on a cell that touches the object.
+
+    ``maps`` (B, h, w) at feature-map resolution; ``masks`` (B, H, W) booleans at image
+    resolution, H and W multiples of h and w: each map position is a cell of (H/h) x (W/w)
+    pixels. Ties (a flat gate, as CBAM's is at initialisation) are broken at random with a
+    fixed seed, so a map that prefers no place scores the chance level instead of always
+    picking the first cell. Returns a (B,) float tensor; its mean is the "peak on object" rate.
+    """
+    if maps.dim() != 3 or masks.dim() != 3 or len(maps) != len(masks):
+        raise ValueError(f"peak_on_object: expected maps (B, h, w) and masks (B, H, W) with the same B, "
+                         f"but got {tuple(maps.shape)} and {tuple(masks.shape)}")
+    b, h, w = maps.shape
+    if masks.shape[1] % h or masks.shape[2] % w:
+        raise ValueError(f"peak_on_object: the masks' {masks.shape[1]}x{masks.shape[2]} pixels do not split "
+                         f"into the maps' {h}x{w} cells")
+    cells = reduce(masks.float(), "b (h p1) (w p2) -> b (h w)", "max", h=h, w=w)
+    flat = maps.reshape(b, h * w).double()
+    jitter = torch.rand(flat.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flat = flat + 1e-9 * flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) * jitter
+    return cells.gather(1, flat.argmax(dim=1, keepdim=True))[:, 0]
