@@ -97,3 +97,35 @@ def test_the_zoo_script_runs_quickly(tmp_path):
                     "CSRA", "--out", str(out)], check=True, capture_output=True, timeout=300)
     table = out.with_suffix(".md").read_text()
     assert "| CBAM |" in table and "random map (control)" in table
+
+
+from tutorial_lib.exercises import passes  # noqa: E402
+
+
+def _chance_closed_form(size, tile, cell):
+    offsets = range(size - tile + 1)
+    per_axis = sum((x + tile - 1) // cell - x // cell + 1 for x in offsets) / len(offsets)
+    return per_axis ** 2 / (size // cell) ** 2
+
+
+def test_exercise_08_1_chance_level():
+    assert passes("08.1", _chance_closed_form)
+    assert not passes("08.1", lambda s, t, c: (t / s) ** 2)                           # the object's area share
+    assert not passes("08.1", lambda s, t, c: (t // c) ** 2 / (s // c) ** 2)          # aligned tiles only
+    assert not passes("08.1", lambda s, t, c: ((t + c - 1) // c + 1) ** 2 / (s // c) ** 2)   # always straddling
+    # every placement in 0..size-1, not 0..size-tile (tiles that would leave the image)
+    assert not passes("08.1", lambda s, t, c: _chance_closed_form(s + t - 1, t, c) * ((s + t - 1) // c) ** 2
+                      / (s // c) ** 2)
+
+
+def test_exercise_08_2_non_local_growth_prediction():
+    from tutorial_lib.exercises.nb08 import _non_local_multiply_adds
+
+    # the terms: theta and W on N positions, phi and g on N/4, attention 2 N (N/4) inner
+    def predicted(n, c=32, inner=16):
+        return n * c * inner * 2 + 2 * (n // 4) * c * inner + 2 * n * (n // 4) * inner
+
+    assert _non_local_multiply_adds(64) == predicted(16 * 16)
+    assert passes("08.2", predicted(32 * 32) / predicted(16 * 16))
+    for wrong in (4.0, 16.0, 10.0, ...):                       # linear, quadratic, half and half, not done
+        assert not passes("08.2", wrong)
