@@ -24,7 +24,7 @@ from torch import nn
 
 import tutorial_lib as tl
 from tutorial_lib import RGA
-from tutorial_lib.exercises import passes
+from tutorial_lib.exercises import passes, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BRANCHES = {"SC": dict(), "S": dict(use_channel=False), "C": dict(use_spatial=False)}
@@ -621,13 +621,21 @@ def test_benchmark_quick_mode_runs(capsys):
 # --- exercises of notebook 04 -----------------------------------------------------------------
 
 def test_exercise_04_1_prediction():
-    right = 4 * (2 * 576) * 576 * 4 / 2 ** 20              # B x 2N channels x N positions x 4 bytes
+    right = 2 * (2 * 2048) * 2048 * 4 / 2 ** 20             # B x 2C relation channels x C nodes x 4 bytes
     assert passes("04.1", right)
     assert passes("04.1", right * 1.01)
-    assert not passes("04.1", 4 * 576 * 576 * 4 / 2 ** 20)   # one half only (the N x N matrix)
-    assert not passes("04.1", 2 * 576 * 576 * 4 / 2 ** 20)   # batch forgotten
-    assert not passes("04.1", "10 MiB")
+    assert not passes("04.1", 2 * 2048 * 2048 * 4 / 2 ** 20)         # one half only (the C x C matrix)
+    assert not passes("04.1", (2 * 2048) * 2048 * 4 / 2 ** 20)       # batch forgotten
+    assert not passes("04.1", 2 * (2 * 128) * 128 * 4 / 2 ** 20)     # the spatial branch's tensor
+    assert not passes("04.1", "64 MiB")
     assert not passes("04.1", ...)
+
+
+def test_exercise_04_1_messages_never_show_the_measured_value():
+    for wrong in (1.0, 1000.0):
+        message = verdict("04.1", wrong)[1]
+        assert "too low" in message or "too high" in message
+        assert "64" not in message.replace("B=2, C=2048", "")
 
 
 def _rga_parameters(c, h, w):
@@ -645,6 +653,7 @@ def _rga_parameters(c, h, w):
 
 def test_exercise_04_2_parameters():
     assert passes("04.2", _rga_parameters)
+    assert passes("04.2", lambda c, h, w: float(_rga_parameters(c, h, w)))
     assert not passes("04.2", lambda c, h, w: _rga_parameters(c, h, w) - 2)             # a BN(1) forgotten
     assert not passes("04.2", lambda c, h, w: 2 * (3 * (c * (c // 8) + 2 * (c // 8))))  # channel branch as spatial
 
@@ -654,6 +663,32 @@ def test_exercise_04_2_parameters():
                    + (1 + n / 8) ** 2 / 8 + (1 + c / 8) ** 2 / 8)
     assert not passes("04.2", without_floors)
     assert not passes("04.2", ...)
+
+
+def test_exercise_04_2_refuses_counting_a_built_module():
+    import tutorial_lib.rga
+    copied_from_the_notebook = lambda c, h, w: tl.count_parameters(tl.RGA(c, (h, w)))  # noqa: E731
+    for answer in (copied_from_the_notebook,
+                   lambda c, h, w: tl.count_parameters(tutorial_lib.rga.RGA(c, (h, w))),
+                   lambda c, h, w: tl.count_parameters(RGA(c, (h, w)))):                 # imported name
+        ok, message = verdict("04.2", answer)
+        assert not ok and "closed form" in message
+
+    def swallowing(c, h, w):          # catches the refusal and falls back on a wrong number
+        try:
+            return tl.count_parameters(tl.RGA(c, (h, w)))
+        except AssertionError:
+            return _rga_parameters(c, h, w)
+    ok, message = verdict("04.2", swallowing)
+    assert not ok and "closed form" in message
+    assert passes("04.2", _rga_parameters)                                   # the class is restored afterwards
+    assert tl.count_parameters(tl.RGA(256, (64, 32), use_channel=False)) == 1_082_178
+
+
+def test_exercise_04_2_messages_never_show_the_count():
+    message = verdict("04.2", lambda c, h, w: _rga_parameters(c, h, w) + 1)[1]
+    assert "too many" in message
+    assert f"{_rga_parameters(256, 64, 32):,}" not in message and str(_rga_parameters(256, 64, 32)) not in message
 
 
 def test_exercise_04_3_unstack():
@@ -680,10 +715,15 @@ def test_exercise_04_4_oddness():
         sim = torch.einsum("bchw,bcij->bhwij", unit, unit)
         return -sim.mean(dim=(3, 4))
     assert passes("04.4", right)
-    assert not passes("04.4", lambda x: right(x) * -1)                                              # sign
-    assert not passes("04.4", lambda x: -torch.einsum("bchw,bcij->bhwij", x, x).mean(dim=(3, 4)))   # not normalised
+    ok, message = verdict("04.4", lambda x: right(x) * -1)                                          # sign
+    assert not ok and "sign" in message
+    ok, message = verdict("04.4", lambda x: -torch.einsum("bchw,bcij->bhwij", x, x).mean(dim=(3, 4)))  # not normalised
+    assert not ok and "longer" in message
     assert not passes("04.4", lambda x: -torch.einsum("bchw,bcij->bhwij", F.normalize(x, dim=(2, 3)),
                                                        F.normalize(x, dim=(2, 3))).mean(dim=(3, 4)))  # wrong axis
+    n_minus_one = lambda x: right(x) * x[0, 0].numel() / (x[0, 0].numel() - 1)  # noqa: E731  divided by N - 1
+    assert not passes("04.4", n_minus_one)
+    assert not passes("04.4", lambda x: right(x)[:, :, :-1])                                        # shape
     assert not passes("04.4", ...)
 
 
