@@ -100,15 +100,6 @@ def train_and_score(arm: str, task: str, spec: dict, seed: int, epochs: int) -> 
     return {"score": result[spec["metric_name"]], "looks": where_it_looks(net, val, task)}
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def saved_for_backward(net, x, y) -> int:
     """Bytes of the tensors autograd keeps between forward and backward in one training step.
 
@@ -166,8 +157,8 @@ def costs(arms: list[str], repeats: int, batch: int) -> dict:
     timings = {arm: {"forward": [], "training": []} for arm in nets}
     for _ in range(repeats):  # interleaved: every arm sees the same machine state
         for arm, net in nets.items():
-            timings[arm]["forward"].append(_median_time(forward(net), 1))
-            timings[arm]["training"].append(_median_time(training(net), 1))
+            timings[arm]["forward"].append(tl.measure_latency(forward(net), repeats=1, warmup=0))
+            timings[arm]["training"].append(tl.measure_latency(training(net), repeats=1, warmup=0))
     for arm, net in nets.items():
         out[arm]["forward_s"] = statistics.median(timings[arm]["forward"])
         out[arm]["training_s"] = statistics.median(timings[arm]["training"])

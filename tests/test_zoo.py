@@ -99,7 +99,7 @@ def test_the_zoo_script_runs_quickly(tmp_path):
     assert "| CBAM |" in table and "random map (control)" in table
 
 
-from tutorial_lib.exercises import passes  # noqa: E402
+from tutorial_lib.exercises import passes, verdict  # noqa: E402
 
 
 def _chance_closed_form(size, tile, cell):
@@ -127,5 +127,7 @@ def test_exercise_08_2_non_local_growth_prediction():
 
     assert _non_local_multiply_adds(64) == predicted(16 * 16)
     assert passes("08.2", predicted(32 * 32) / predicted(16 * 16))
-    for wrong in (4.0, 16.0, 10.0, ...):                       # linear, quadratic, half and half, not done
+    for wrong in (4.0, 16.0, 10.0, ..., "11", True):           # linear, quadratic, half and half, not done, not numbers
         assert not passes("08.2", wrong)
+    ok, message = verdict("08.2", 4.0)
+    assert not ok and "too low" in message and f"{predicted(1024) / predicted(256):.4g}" not in message

@@ -10,7 +10,7 @@ from fractions import Fraction
 import torch
 
 from ..cost import count_flops
-from .core import exercise, expect_close, expect_prediction
+from .core import exercise, expect_close
 
 
 def _chance_literal(size: int, tile: int, cell: int) -> float:
@@ -58,6 +58,11 @@ def _non_local_multiply_adds(size: int) -> int:
                "(the 1x1 convolutions, remembering which ones see the pooled map) and the terms that grow "
                "with N times the number of keys; evaluate both at the zoo's 16 x 16 map first")
 def _check_non_local_growth(factor):
+    # compared like expect_prediction, but a wrong try says only "too high" or "too low": nothing in
+    # the notebook prints the measured factor, so the message must not give it away
+    what = "the factor by which the non-local block's multiply-adds grow from 64 x 64 to 128 x 128 images"
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor != factor:
+        raise AssertionError(f"{what}: write your prediction as a single number, but it is {factor!r}")
     measured = _non_local_multiply_adds(128) / _non_local_multiply_adds(64)
-    expect_prediction(factor, measured, "the factor by which the non-local block's multiply-adds grow "
-                      "from 64 x 64 to 128 x 128 images", rel=0.05)
+    if abs(factor - measured) > 0.05 * measured:
+        raise AssertionError(f"{what}: your prediction {factor:.4g} is too {'high' if factor > measured else 'low'}")
