@@ -21,13 +21,22 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # JupyterLab refuses to start as root (containers, CI) unless told that it is intended.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-unit test-notebooks test-browser notebook student progress execute bench clean help
+# The settings of `make test-portable`: each changes the last bits of float results, as another
+# machine would (another thread count; torch's and oneDNN's kernels on another instruction set).
+PORTABLE_1 := COURSE_THREADS=1
+PORTABLE_2 := COURSE_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41
+# `make test-seeds`: the notebooks' seeds start here instead of at 0.
+SEED_BASE ?= 10
+
+.PHONY: setup lab test test-unit test-notebooks test-portable test-seeds test-browser notebook student progress execute bench clean help
 
 help:
 	@echo "make lab            set up and open the course in JupyterLab (LAB_ARGS=... passes options)"
 	@echo "make test           set up and run all tests (unit + strict nbval)"
 	@echo "make test-unit      unit tests only"
 	@echo "make test-notebooks strict nbval on every notebook"
+	@echo "make test-portable  strict nbval on every notebook as on two other machines (1 thread; other kernels)"
+	@echo "make test-seeds     every notebook on other seeds (SEED_BASE=10): its claims must still hold"
 	@echo "make test-browser   optional: run a notebook in JupyterLab in an installed Chromium (skipped without one)"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
@@ -66,6 +75,19 @@ test-browser: setup
 
 test-notebooks: setup
 	$(BIN)/python -m pytest notebooks
+
+# Strict nbval twice more, under settings that round floats differently from the default run:
+# exact outputs must still match, and every measured cell's assertions must still hold.
+test-portable: setup
+	@echo "== strict nbval, $(PORTABLE_1)"
+	$(PORTABLE_1) $(BIN)/python -m pytest notebooks
+	@echo "== strict nbval, $(PORTABLE_2)"
+	$(PORTABLE_2) $(BIN)/python -m pytest notebooks
+
+# Every notebook trained on seeds SEED_BASE, SEED_BASE+1, ...: printed outputs that name the seeds
+# change, so outputs are not compared (--nbval-lax); every cell must run and every claim hold.
+test-seeds: setup
+	COURSE_SEED_BASE=$(SEED_BASE) $(BIN)/python -m pytest notebooks --nbval-lax
 
 notebook: setup
 	@test -n "$(NB)" || { echo "say which notebook, e.g. make notebook NB=02"; exit 2; }

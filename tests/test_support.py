@@ -85,14 +85,21 @@ def test_importing_the_package_does_not_load_the_plotting_stack():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_the_environment_asks_for_one_instruction_set_before_torch_loads():
+def test_importing_the_package_sets_only_the_openmp_wait_policy():
+    import os
     import subprocess
-    code = ("import os, sys, tutorial_lib, torch; from tutorial_lib._environment import has_avx2; "
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_WAIT_POLICY")
+    code = ("import os, tutorial_lib, torch; "
             "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'; "
-            "cap = torch.backends.cpu.get_cpu_capability(); "
-            "assert (cap == 'AVX2') if has_avx2() else ('ATEN_CPU_CAPABILITY' not in os.environ), cap")
-    env = {k: v for k, v in __import__("os").environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+            "left = [k for k in ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_CBWR') if k in os.environ]; "
+            "assert not left, left")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    # a user's own choices are kept as they are
+    code = ("import os, tutorial_lib, torch; "
+            "assert os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'; assert os.environ['MKL_CBWR'] == 'COMPATIBLE'; "
+            "assert torch.backends.cpu.get_cpu_capability() == 'DEFAULT'")
+    env.update(OMP_WAIT_POLICY="ACTIVE", MKL_CBWR="COMPATIBLE", ATEN_CPU_CAPABILITY="default")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
@@ -207,13 +214,29 @@ def test_plots_have_titles_and_labelled_axes():
     plt.close("all")
 
 
-def test_setup_notebook_fixes_seed_threads_and_print_options():
-    tl.setup_notebook(seed=3, threads=1)
-    a = torch.rand(3)
-    tl.setup_notebook(seed=3, threads=2)
-    assert torch.equal(a, torch.rand(3))
-    assert torch.get_num_threads() == 2
-    assert str(torch.tensor([1.23456])) == "tensor([1.235])"
+def test_setup_notebook_fixes_seed_threads_and_print_options(monkeypatch):
+    monkeypatch.delenv("COURSE_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        tl.setup_notebook(seed=3, threads=1)
+        a = torch.rand(3)
+        assert torch.get_num_threads() == 1
+        tl.setup_notebook(seed=3, threads=2)
+        assert torch.equal(a, torch.rand(3))
+        assert torch.get_num_threads() == 2
+        assert str(torch.tensor([1.23456])) == "tensor([1.235])"
+        # the machine's choice wins over the notebook's own
+        monkeypatch.setenv("COURSE_THREADS", "1")
+        tl.setup_notebook(seed=3, threads=2)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("COURSE_THREADS", "two")
+        with pytest.raises(ValueError, match="COURSE_THREADS must be a whole number.*'two'"):
+            tl.setup_notebook()
+        monkeypatch.delenv("COURSE_THREADS")
+        with pytest.raises(ValueError, match="thread count >= 1, but got 0"):
+            tl.setup_notebook(threads=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_recalibrate_batchnorm_averages_the_batch_statistics_of_the_final_weights():

@@ -12,7 +12,8 @@ Mechanisms (one file each, one notebook each):
     DoubleAttention                             a2net.py       notebook 07
     (all of them side by side: zoo.py, notebook 08)
 
-Support: checks (shape checks, clear errors), data (offline synthetic data with ground
+Support: checks (shape checks, clear errors), claims (results over seeds, paired
+comparisons, one rule for a verdict, assertions of what the text claims), data (offline synthetic data with ground
 truth), metrics (mean average precision), training (fit / evaluate / seeds), plotting, cost
 (parameters, FLOPs, latency, memory), notebook (set-up), capture (attention maps without
 hooks), exercises (checkers, student copies, progress).
@@ -23,10 +24,12 @@ and the training loop load on first use of one of their names (``tl.show_images`
 """
 from . import _environment
 
-# Before torch is imported: quiet OpenMP waiting, one instruction set for reproducible digits.
+# Before torch is imported: keep OpenMP threads from busy-waiting (nothing else is changed).
 _environment.prepare()
 
 from .capture import AttentionModule, capture_attention  # noqa: E402
+from .claims import (RULE, ClaimError, Paired, claim, compare, format_mean_spread, mean_spread,  # noqa: E402
+                     results_table, seeds)
 from .checks import ShapeError, check_shape, describe_shape, show_shape  # noqa: E402
 from .cost import (count_flops, count_parameters, format_bytes, format_count,  # noqa: E402
                    measure_latency, peak_memory)
@@ -50,9 +53,8 @@ __version__ = "0.1.0"
 # Support names whose modules load on first use (PEP 562): name -> submodule.
 _LAZY = {
     "plot_curves": "plotting", "show_attention": "plotting", "show_images": "plotting",
-    "History": "training", "evaluate": "training", "fit": "training", "mean_spread": "training",
+    "History": "training", "evaluate": "training", "fit": "training",
     "recalibrate_batchnorm": "training",
-    "format_mean_spread": "training",
 }
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "sample_image", "mean_average_precision", "TileMatching", "matching_tiles",
     "OddOneOutImages", "odd_one_out",
     "setup_notebook",
+    "RULE", "ClaimError", "Paired", "claim", "compare", "mean_spread", "format_mean_spread", "results_table", "seeds",
     *_LAZY,
 ]
 

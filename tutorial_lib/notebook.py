@@ -16,18 +16,29 @@ def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
     """Make a notebook's outputs reproducible and its figures light.
 
     * seeds Python's ``random``, numpy and torch with ``seed``;
-    * fixes torch's thread count (``threads``, else the ``COURSE_THREADS`` environment
-      variable, else 2): the last bits of float results depend on it, so a fixed count keeps
-      printed numbers identical between runs;
+    * fixes torch's thread count: the ``COURSE_THREADS`` environment variable when it is set
+      (the machine's choice wins, also over a notebook's own), else ``threads`` (a notebook
+      whose tensors are too small to gain from a second thread asks for 1), else 2. The last
+      bits of float results depend on the count, so a fixed one keeps printed numbers identical
+      from run to run on one machine; across machines only exact outputs agree, and cells with
+      trained numbers assert their claims instead (``tutorial_lib.claims``);
     * prints tensors with 3 decimals and no scientific notation (numpy likewise);
     * draws figures as PNG at a fixed size and resolution.
 
     ``OMP_WAIT_POLICY=PASSIVE`` (which keeps torch fast on a busy machine) must be set before
     torch is first imported: importing ``tutorial_lib`` first does that.
     """
-    if threads is None:
-        threads = int(os.environ.get("COURSE_THREADS", DEFAULT_THREADS))
-    torch.set_num_threads(max(1, threads))
+    chosen = os.environ.get("COURSE_THREADS", "").strip()
+    if chosen:
+        try:
+            threads = int(chosen)
+        except ValueError:
+            raise ValueError(f"setup_notebook: COURSE_THREADS must be a whole number, but it is {chosen!r}") from None
+    elif threads is None:
+        threads = DEFAULT_THREADS
+    if threads < 1:
+        raise ValueError(f"setup_notebook: expected a thread count >= 1, but got {threads}")
+    torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .claims import format_mean_spread, mean_spread  # noqa: F401  (kept importable from here)
+
 __all__ = ["History", "fit", "evaluate", "accuracy", "recalibrate_batchnorm", "mean_spread", "format_mean_spread"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -220,30 +222,3 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, *, batch_size: int = 
             m.momentum = momentum
         model.eval()
     return len(norms)
-
-
-def mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of results over seeds (spread 0 for one value)."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_spread: expected at least one value, but got none")
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
-
-
-def format_mean_spread(values: Sequence[float], digits: int = 3, percent: bool = False) -> str:
-    """``"0.953 ± 0.012 (3 seeds)"``: mean ± sample standard deviation, rounded for stable printing.
-
-    ``percent=True`` prints ``"95.3 ± 1.2 % (3 seeds)"`` with ``digits - 2`` decimals.
-    """
-    mean, spread = mean_spread(values)
-    n = len(values)
-    unit = "seed" if n == 1 else "seeds"
-    if percent:
-        d = max(0, digits - 2)
-        mean, spread = 100 * mean, 100 * spread
-        return f"{round(mean, d) + 0.0:.{d}f} ± {round(spread, d) + 0.0:.{d}f} % ({n} {unit})"
-    return f"{round(mean, digits) + 0.0:.{digits}f} ± {round(spread, digits) + 0.0:.{digits}f} ({n} {unit})"
