@@ -5,6 +5,8 @@ Mechanisms (one file each, one notebook each):
     SqueezeExcitation                           se.py          notebook 01
     ChannelAttention, SpatialAttention, CBAM    cbam.py        notebook 02
     NonLocalBlock                               non_local.py   notebook 03
+    InteractionAwareAttention, l_interactive,   interaction.py notebook 03
+      l_attn
     RGA                                         rga.py         notebook 04
     CSRA, MultiHeadCSRA                         csra.py        notebook 05
     TrilinearAttention, AttentionSampler,       tasn.py        notebook 06
@@ -42,6 +44,7 @@ from .notebook import setup_notebook  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 from .cbam import CBAM, ChannelAttention, SpatialAttention  # noqa: E402
 from .non_local import NonLocalBlock  # noqa: E402
+from .interaction import InteractionAwareAttention, l_attn, l_interactive  # noqa: E402
 from .rga import RGA  # noqa: E402
 from .csra import CSRA, MultiHeadCSRA  # noqa: E402
 from .tasn import AttentionSampler, TrilinearAttention, detail_map, distillation_loss, structure_map  # noqa: E402
@@ -62,6 +65,7 @@ __all__ = [
     "SqueezeExcitation",
     "ChannelAttention", "SpatialAttention", "CBAM",
     "NonLocalBlock",
+    "InteractionAwareAttention", "l_interactive", "l_attn",
     "RGA",
     "CSRA", "MultiHeadCSRA",
     "TrilinearAttention", "AttentionSampler", "structure_map", "detail_map", "distillation_loss",
