@@ -28,7 +28,7 @@ PORTABLE_2 := COURSE_THREADS=2 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SS
 # `make test-seeds`: the notebooks' seeds start here instead of at 0.
 SEED_BASE ?= 10
 
-.PHONY: setup lab test test-unit test-notebooks test-portable test-seeds test-browser notebook student progress execute bench clean help
+.PHONY: setup lab test test-unit test-notebooks test-portable test-seeds test-browser site notebook student progress execute bench clean help
 
 help:
 	@echo "make lab            set up and open the course in JupyterLab (LAB_ARGS=... passes options)"
@@ -38,6 +38,7 @@ help:
 	@echo "make test-portable  strict nbval on every notebook as on two other machines (1 thread; other kernels)"
 	@echo "make test-seeds     every notebook on other seeds (SEED_BASE=10): its claims must still hold"
 	@echo "make test-browser   optional: run a notebook in JupyterLab in an installed Chromium (skipped without one)"
+	@echo "make site           the course as a static website in site/ (offline; open site/index.html)"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
 	@echo "make progress       which exercises pass in student/ (NB=02 one notebook, DIR=folder another folder)"
@@ -89,6 +90,9 @@ test-portable: setup
 test-seeds: setup
 	COURSE_SEED_BASE=$(SEED_BASE) $(BIN)/python -m pytest notebooks --nbval-lax
 
+site: setup
+	$(BIN)/python -m tutorial_lib.site notebooks site
+
 notebook: setup
 	@test -n "$(NB)" || { echo "say which notebook, e.g. make notebook NB=02"; exit 2; }
 	$(BIN)/python -m pytest notebooks/$(NB)_*.ipynb
@@ -107,4 +111,4 @@ bench: setup
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) student .pytest_cache
+	rm -rf $(VENV) student site .pytest_cache
