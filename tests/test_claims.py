@@ -135,3 +135,11 @@ def test_seeds_default_and_shifted_by_the_environment(monkeypatch):
         tl.seeds(3)
     with pytest.raises(ValueError, match="number of seeds >= 1, but got 0"):
         tl.seeds(0)
+
+
+def test_results_table_widens_its_columns_for_long_names():
+    runs = {"global context": [0.4, 0.45], "non-local": [0.99, 0.98]}
+    lines = tl.results_table(runs, baseline="global context", metric="accuracy on match").splitlines()
+    head = lines[0]
+    assert "minus global context (paired)  ahead" in head and "accuracy on match (mean ± sd, seeds)  minus" in head
+    assert head.index("ahead") == lines[2].index("2/2")

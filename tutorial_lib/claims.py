@@ -216,17 +216,21 @@ def results_table(results: Mapping[str, Sequence[float]], *, baseline: str | Non
     if baseline is not None and baseline not in results:
         raise ValueError(f"results_table: the baseline {baseline!r} is not among the arms {list(results)}")
     width = max(len(str(name)) for name in results) + 2
-    head = f"{'arm':<{width}}{metric + ' (mean ± sd, seeds)':<32}"
+    column = f"{metric} (mean ± sd, seeds)"
+    first = max(32, len(column) + 2)
+    second_head = f"minus {baseline} (paired)"
+    second = max(26, len(second_head) + 2)
+    head = f"{'arm':<{width}}{column:<{first}}"
     if baseline is not None:
-        head += f"{'minus ' + baseline + ' (paired)':<26}{'ahead':<8}verdict"
+        head += f"{second_head:<{second}}{'ahead':<8}verdict"
     lines = [head.rstrip()]
     for name, values in results.items():
-        line = f"{name:<{width}}{format_mean_spread(values, digits):<32}"
+        line = f"{name:<{width}}{format_mean_spread(values, digits):<{first}}"
         if baseline is not None and name != baseline:
             p = compare(values, results[baseline], names=(name, baseline), margin=margin,
                         higher_is_better=higher_is_better)
             diff = f"{round(p.mean, digits) + 0.0:+.{digits}f} ± {round(p.spread, digits) + 0.0:.{digits}f}"
-            line += f"{diff:<26}{f'{p.ahead}/{p.n}':<8}{p.verdict}"
+            line += f"{diff:<{second}}{f'{p.ahead}/{p.n}':<8}{p.verdict}"
         lines.append(line.rstrip())
     return "\n".join(lines)
 
