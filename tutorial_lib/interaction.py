@@ -73,6 +73,12 @@ class InteractionAwareAttention(AttentionModule):
     unchanged size"); no residual is drawn (``residual=False``, the default). The losses are the
     paper's equations (see ``l_interactive`` and ``l_attn``).
 
+    **What is the course's reading** of the figure (inferred from its shapes, not stated in a
+    recovered source): that the softmax runs over the positions k of each row m (A weights the
+    local features, and the diversity loss indexes a_{m,k} over positions), the order of the
+    product W_j X_jᵀ, and the spatio-temporal form (the K frames' features stacked along the
+    position axis, read from the index range K·W_iH_i of the diversity loss).
+
     **What is the course's choice** (not recovered from the paper; every one is an argument):
 
     * ``downsample="avg"``: adaptive average pooling to the host grid (``"max"``: adaptive max
