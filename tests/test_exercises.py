@@ -133,8 +133,11 @@ def test_an_ellipsis_answer_is_not_done_for_every_checker():
 def test_expect_prediction_compares_with_a_tolerance():
     expect_prediction(0.105, 0.1, "p")
     expect_prediction(3, 3.2, "p", abs_=0.5)
-    with pytest.raises(AssertionError, match="you predicted 0.2, the measured value is 0.1"):
+    with pytest.raises(AssertionError, match="your prediction 0.2 is too high") as err:
         expect_prediction(0.2, 0.1, "p")
+    assert "0.1" not in str(err.value).replace("0.2", "")
+    with pytest.raises(AssertionError, match="your prediction 0.05 is too low"):
+        expect_prediction(0.05, 0.1, "p")
     with pytest.raises(AssertionError, match="single number"):
         expect_prediction("0.1", 0.1, "p")
     with pytest.raises(AssertionError, match="single number"):
