@@ -22,16 +22,29 @@ Kinds of exercise, and how their checkers work:
 
 Hints say what to look at (the axis, the scale, the shape, the normalisation), never the
 code; checker messages say what is wrong with the answer, never the solution.
+
+Decisions, not printed lines, are a learner's progress. ``verdict`` (and so ``check`` and
+``passes``) returns the line to show, and when the environment variable named by
+``DECISIONS_ENV`` holds a file path, it also appends the checker's decision to that file as one
+JSON line ``{"id": "02.3", "decision": "passes"}`` ("passes", "fails" or "not done").
+``python -m tutorial_lib.exercises.progress`` sets the variable, for the kernel it starts
+only, to a fresh file in a private temporary folder, and reads the decisions from there after
+each cell: text that a cell prints (a copied "✓ [02.3] ... correct", say) reaches the cell's
+output and never that file. The limit, plainly: the learner's code runs in the same process as
+the checkers, so code written to forge (that reads the variable and writes to the file, or
+replaces a checker) can still forge; printing cannot. Without the variable, nothing is written.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["Exercise", "exercise", "check", "passes", "verdict", "list_exercises", "expect_close", "expect_shape",
-           "expect_prediction", "not_done", "random_input"]
+__all__ = ["Exercise", "exercise", "check", "passes", "verdict", "decide", "list_exercises", "expect_close",
+           "expect_shape", "expect_prediction", "not_done", "random_input", "DECISIONS_ENV"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,9 @@ class Exercise:
 REGISTRY: dict[str, Exercise] = {}
 # What the student copy's placeholder raises (tutorial_lib/exercises/student.py writes it).
 STUB_MESSAGE = "exercise: replace this line with your code"
+# Set by the progress runner for the kernel it starts: the file that receives every decision.
+DECISIONS_ENV = "TUTORIAL_LIB_DECISIONS"
+DECISIONS = ("passes", "fails", "not done")
 
 
 def exercise(id: str, title: str, hint: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
@@ -62,29 +78,52 @@ def list_exercises(prefix: str = "") -> list[Exercise]:
     return [REGISTRY[k] for k in sorted(REGISTRY) if k.startswith(prefix)]
 
 
-def verdict(id: str, answer: Any) -> tuple[bool, str]:
-    """Run the checker of exercise ``id`` on ``answer``; return (correct, the line to show)."""
+def decide(id: str, answer: Any) -> tuple[str, str]:
+    """Run the checker of exercise ``id`` on ``answer``; return (decision, the line to show).
+
+    The decision is "passes", "fails" or "not done". Nothing is printed or recorded.
+    """
     if id not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
         raise KeyError(f"check: no exercise {id!r}; known exercises: {known}")
     ex = REGISTRY[id]
+    not_yet = f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
     if not_done(answer):
-        return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
+        return "not done", not_yet
     try:
         ex.checker(answer)
     except NotImplementedError as err:
         # the student copy's placeholder (or a bare raise) means "not done"; a library raising
         # NotImplementedError with a message of its own (einops does, for some misuse) is a real error
         if not str(err) or str(err) == STUB_MESSAGE:
-            return False, f"… [{id}] {ex.title}: not done yet. Hint: {ex.hint}"
-        return False, (f"✗ [{id}] {ex.title}: your answer raised NotImplementedError: {err}\n"
-                       f"  Hint: {ex.hint}")
+            return "not done", not_yet
+        return "fails", (f"✗ [{id}] {ex.title}: your answer raised NotImplementedError: {err}\n"
+                         f"  Hint: {ex.hint}")
     except AssertionError as err:
-        return False, f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
+        return "fails", f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
     except Exception as err:  # the learner's code raised: report it as feedback, not a crash
-        return False, (f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n"
-                       f"  Hint: {ex.hint}")
-    return True, f"✓ [{id}] {ex.title}: correct"
+        return "fails", (f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n"
+                         f"  Hint: {ex.hint}")
+    return "passes", f"✓ [{id}] {ex.title}: correct"
+
+
+def _record(id: str, decision: str) -> None:
+    """Append a decision to the file named by ``DECISIONS_ENV`` (only while progress runs)."""
+    path = os.environ.get(DECISIONS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"id": id, "decision": decision}) + "\n")
+
+
+def verdict(id: str, answer: Any) -> tuple[bool, str]:
+    """Run the checker of exercise ``id`` on ``answer``; return (correct, the line to show).
+
+    The decision is also recorded for ``progress`` when it runs the notebook (see the module's
+    docstring); outside a progress run nothing is recorded.
+    """
+    decision, line = decide(id, answer)
+    _record(id, decision)
+    return decision == "passes", line
 
 
 def check(id: str, answer: Any) -> None:

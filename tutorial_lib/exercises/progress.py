@@ -1,4 +1,4 @@
-"""A learner's progress: which exercises pass in their own notebooks.
+"""A learner's progress: which exercises their own notebooks answer correctly.
 
     python -m tutorial_lib.exercises.progress                     (all notebooks in student/)
     python -m tutorial_lib.exercises.progress student/02_cbam.ipynb
@@ -7,97 +7,167 @@
 
 Each notebook is executed top to bottom in a fresh kernel, as a copy in memory (the
 learner's file is not changed), with errors allowed so that one broken cell does not hide
-the rest. Every ``check(...)`` call prints a verdict line (``✓ [02.1] ...``, ``✗ [02.1] ...``
-or ``… [02.1] ... not done yet``); an exercise **passes** when one of its verdicts is ✓ (the
-notebooks also show deliberately wrong answers being checked, which print ✗, so a ✗ next to
-a ✓ is not a failure). The table lists every exercise registered for the notebook:
+the rest.
 
-    passes       a check of it printed ✓
-    fails        its checks printed ✗ only
-    not done     its checks printed "not done yet" only
-    not checked  no check of it ran (its cell was deleted, or an earlier cell stopped the kernel)
+**What is read: the checkers' decisions, not printed text.** The runner starts the kernel with
+the environment variable ``TUTORIAL_LIB_DECISIONS`` naming a fresh file in a private temporary
+folder (a random name, new for every notebook). Inside the kernel, every ``check``/``passes``/
+``verdict`` call appends its decision to that file ("passes", "fails" or "not done"; see
+``tutorial_lib.exercises.core``). After each cell the runner reads what was appended, so every
+decision is tied to the cell that made it. The cells' outputs are not read at all: a cell that
+prints "✓ [00.4] ... correct" changes nothing. The limit: the learner's code runs in the kernel
+beside the checkers, so code written on purpose to forge (writing to that file, replacing a
+checker) can still forge; printing cannot. For a grade that must resist that, read the learner's
+answers and check them in a process of your own (``tutorial_lib.exercises.passes``).
+
+**Which decisions count: those made in the learner's cells.** The notebooks also check
+deliberately wrong answers to show what a checker says (a buggy function in a find-the-bug
+exercise prints ✗ by design); those must not count against the learner. The learner's cells are
+the cells that held a solution in the course notebook (between ``# BEGIN SOLUTION`` and
+``# END SOLUTION``), and, for a prediction written in a cell of its own, the next cell that
+checks it. ``make student`` marks them in the copy's cell metadata (``{"exercise": {"counts":
+[ids]}}``, see ``tutorial_lib.exercises.student``); a course notebook is read from its solution
+markers; a copy made before cells were marked is matched, cell by cell id, with the course
+notebook of the same name in ``--course`` (default: the course's ``notebooks/``). A decision
+counts when its cell is a learner's cell for that exercise. If a learner deletes that cell and
+writes the answer in a new one, the exercise shows as "not checked": copy the cell instead.
+
+The table lists every exercise registered for the notebook:
+
+    passes       a counted check of it decided "correct"
+    fails        its counted checks decided "wrong" only
+    not done     its counted checks found the placeholder only (a fresh student copy)
+    not checked  no counted check of it ran (its cell was deleted, or an earlier cell stopped the kernel)
 
 Exit status: 0 when every listed exercise passes, 1 otherwise, 2 for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import os
+import secrets
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import list_exercises
+from .core import DECISIONS, DECISIONS_ENV, STUB_MESSAGE, list_exercises
+from .student import MARK, solution_cells
 
-__all__ = ["NotebookProgress", "notebook_progress", "verdicts_in", "main"]
+__all__ = ["NotebookProgress", "notebook_progress", "counted_cells", "run_and_collect", "main"]
 
-VERDICT = re.compile(r"^(✓|✗|…) \[(\d\d\.\d+)\]", re.M)
 STATUS_ORDER = ("passes", "fails", "not done", "not checked")
+COURSE_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @dataclass
 class NotebookProgress:
-    """The verdicts of one executed notebook."""
+    """The decisions of one executed notebook."""
 
     path: Path
     status: dict[str, str] = field(default_factory=dict)   # exercise id -> one of STATUS_ORDER
-    errors: list[str] = field(default_factory=list)        # "cell 7: NameError" for cells that raised
+    errors: list[str] = field(default_factory=list)        # "code cell 7: NameError" for cells that raised
 
     @property
     def passed(self) -> int:
         return sum(s == "passes" for s in self.status.values())
 
 
-def verdicts_in(texts: list[str]) -> dict[str, set[str]]:
-    """The verdict symbols printed for every exercise id in a list of cell outputs."""
-    found: dict[str, set[str]] = {}
-    for text in texts:
-        for symbol, ex_id in VERDICT.findall(text):
-            found.setdefault(ex_id, set()).add(symbol)
-    return found
+def counted_cells(nb: dict, course: Path | None = None, name: str = "") -> dict[int, set[str]]:
+    """The learner's cells of a notebook: cell index -> ids whose decisions in that cell count.
+
+    Read from the student copy's marks; else from solution markers (a course notebook); else,
+    by cell id, from the course notebook called ``name`` in the folder ``course``.
+    """
+    cells = nb["cells"]
+    marked = {i: set((c.get("metadata", {}).get(MARK) or {}).get("counts", []))
+              for i, c in enumerate(cells) if c.get("cell_type") == "code" and MARK in c.get("metadata", {})}
+    if marked:
+        return marked
+    derived = solution_cells(nb)
+    if derived:
+        return {i: set(ids) for i, ids in derived.items()}
+    source = (course or COURSE_NOTEBOOKS) / name
+    if name and source.is_file():
+        original = json.loads(source.read_text(encoding="utf-8"))
+        by_id = {original["cells"][i].get("id"): set(ids) for i, ids in solution_cells(original).items()}
+        by_id.pop(None, None)
+        return {i: by_id[c["id"]] for i, c in enumerate(cells) if c.get("id") in by_id}
+    return {}
 
 
-def _status(symbols: set[str] | None) -> str:
-    if not symbols:
-        return "not checked"
-    if "✓" in symbols:
-        return "passes"
-    if "✗" in symbols:
-        return "fails"
-    return "not done"
+def run_and_collect(path: Path, timeout: int = 600):
+    """Execute the notebook at ``path`` in a fresh kernel; return it and the decisions per cell.
 
-
-def _execute(path: Path, timeout: int):
+    The decisions are ``{cell index: [(exercise id, decision), ...]}``, read from the file the
+    kernel's checkers write to (never from the cells' outputs).
+    """
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            record_timing=False, resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
-    return nb
+    decisions: dict[int, list[tuple[str, str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="progress-") as folder:
+        log = Path(folder) / f"{secrets.token_hex(16)}.jsonl"
+        log.touch(mode=0o600)
+        state = {"offset": 0, "rest": ""}
+
+        def collect(cell, cell_index, execute_reply):
+            with open(log, encoding="utf-8") as f:
+                f.seek(state["offset"])
+                text = state["rest"] + f.read()
+                state["offset"] = f.tell()
+            *lines, state["rest"] = text.split("\n")
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    entry = (str(record["id"]), str(record["decision"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if entry[1] in DECISIONS:
+                    decisions.setdefault(cell_index, []).append(entry)
+
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                                record_timing=False, resources={"metadata": {"path": str(path.parent)}},
+                                on_cell_executed=collect,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no start-up notes
+        client.execute(env={**os.environ, DECISIONS_ENV: str(log)})
+    return nb, decisions
 
 
-def notebook_progress(path: Path, timeout: int = 600) -> NotebookProgress:
-    """Execute the notebook at ``path`` in a fresh kernel and read the verdicts of its checks."""
-    nb = _execute(path, timeout)
-    texts, errors = [], []
+def _status(decisions: list[str]) -> str:
+    if not decisions:
+        return "not checked"
+    if "passes" in decisions:
+        return "passes"
+    if "fails" in decisions:
+        return "fails"
+    return "not done"
+
+
+def notebook_progress(path: Path, timeout: int = 600, course: Path | None = None) -> NotebookProgress:
+    """Execute the notebook at ``path`` in a fresh kernel and collect its learner's decisions."""
+    nb, decisions = run_and_collect(path, timeout)
+    counted = counted_cells(nb, course, path.name)
+    per_id: dict[str, list[str]] = {}
+    for index, made in decisions.items():
+        for ex_id, decision in made:
+            if ex_id in counted.get(index, ()):
+                per_id.setdefault(ex_id, []).append(decision)
+    errors = []
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     for number, cell in enumerate(code_cells, start=1):
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                texts.append(out.get("text", ""))
-            elif out.get("output_type") == "error":
-                errors.append(f"code cell {number}: {out.get('ename')}")
-            for mime, value in (out.get("data") or {}).items():
-                if mime == "text/plain":
-                    texts.append(value if isinstance(value, str) else "".join(value))
-    found = verdicts_in(texts)
+            if out.get("output_type") == "error":
+                # a placeholder called outside a checker is work not done yet, not an error
+                if not (out.get("ename") == "NotImplementedError" and out.get("evalue") == STUB_MESSAGE):
+                    errors.append(f"code cell {number}: {out.get('ename')}")
     prefix = path.name[:2] + "."
-    ids = [e.id for e in list_exercises(prefix)] or sorted(found)
+    ids = [e.id for e in list_exercises(prefix)] or sorted({i for ids in counted.values() for i in ids})
     result = NotebookProgress(path, errors=errors)
     for ex_id in ids:
-        result.status[ex_id] = _status(found.get(ex_id))
+        result.status[ex_id] = _status(per_id.get(ex_id, []))
     return result
 
 
@@ -109,15 +179,16 @@ def format_table(results: list[NotebookProgress]) -> str:
     """The progress table, one line per exercise, and a summary line."""
     titles = _titles()
     lines = [f"{'notebook':<34} {'exercise':<9} {'status':<12} title"]
-    total = passed = 0
+    counts = dict.fromkeys(STATUS_ORDER, 0)
     for result in results:
         for ex_id, status in result.status.items():
             lines.append(f"{result.path.name:<34} {ex_id:<9} {status:<12} {titles.get(ex_id, '')}")
-            total += 1
-            passed += status == "passes"
+            counts[status] += 1
         for error in result.errors:
             lines.append(f"{result.path.name:<34} {'':<9} {'(error)':<12} {error} raised an error")
-    lines.append(f"{passed} of {total} exercises pass")
+    total = sum(counts.values())
+    lines.append(f"{counts['passes']} of {total} exercises pass; {counts['fails']} fail, "
+                 f"{counts['not done']} not done, {counts['not checked']} not checked")
     return "\n".join(lines)
 
 
@@ -137,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="notebooks or folders (default: --dir)")
     parser.add_argument("--dir", type=Path, default=Path("student"), help="folder of the learner's notebooks")
     parser.add_argument("--nb", help="only this notebook number, e.g. 02")
+    parser.add_argument("--course", type=Path, default=None,
+                        help="folder of the course notebooks, for copies without marked cells "
+                             "(default: the course's notebooks/)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
     paths = _notebooks(args)
@@ -150,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in paths:
         print(f"running {path} in a fresh kernel ...", file=sys.stderr, flush=True)
-        results.append(notebook_progress(path, args.timeout))
+        results.append(notebook_progress(path, args.timeout, args.course))
     print(format_table(results))
     return 0 if all(s == "passes" for r in results for s in r.status.values()) else 1
 

@@ -13,6 +13,14 @@ included) are replaced by a ``# YOUR CODE HERE`` line and a placeholder:
 
 Every output and execution count is cleared, so the copy opens as a fresh worksheet.
 
+The learner's cells are marked: every cell that held a solution, and for a solution that
+calls no checker (a prediction written in one cell and checked after the next run), the next
+code cell that calls one, get the cell metadata ``{"exercise": {"counts": ["02.3"]}}``: the
+exercises whose checker decisions made in that cell are the learner's. ``progress`` counts
+those decisions only, so the notebooks' demonstrations (a buggy function checked to show its
+✗, a rejected variant) never count against the learner. ``solution_cells`` finds these cells
+in a course notebook; JupyterLab keeps cell metadata when a cell is edited.
+
 A student copy that already exists is never overwritten (it may hold a learner's work): it
 is skipped and named in the report. ``--force`` overwrites, and says which files it replaced.
 """
@@ -29,6 +37,43 @@ from .core import STUB_MESSAGE
 
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
+# A call of a checker with the exercise's id: check("02.3", ...), passes(...), verdict(...).
+CHECK_CALL = re.compile(r"\b(?:check|passes|verdict)\(\s*[\"'](\d\d\.\d+)[\"']")
+# Cell metadata key of the learner's cells: {"exercise": {"counts": [ids]}}.
+MARK = "exercise"
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def solution_cells(nb: dict) -> dict[int, list[str]]:
+    """The learner's cells of a course notebook: cell index -> ids of the exercises they answer.
+
+    A cell with a ``# BEGIN SOLUTION`` line answers the exercises whose checkers it calls. A
+    solution cell that calls no checker (a prediction) is answered by the next code cell that
+    calls one, before the next solution cell: both cells are returned, with that cell's ids.
+    """
+    cells = nb["cells"]
+    code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+    found: dict[int, set[str]] = {}
+    for k, i in enumerate(code):
+        src = _source(cells[i])
+        if not any(BEGIN.match(line) for line in src.splitlines()):
+            continue
+        ids = set(CHECK_CALL.findall(src))
+        if not ids:
+            for j in code[k + 1:]:
+                later = _source(cells[j])
+                if any(BEGIN.match(line) for line in later.splitlines()):
+                    break
+                if CHECK_CALL.search(later):
+                    ids = set(CHECK_CALL.findall(later))
+                    found.setdefault(j, set()).update(ids)
+                    break
+        found.setdefault(i, set()).update(ids)
+    return {i: sorted(ids) for i, ids in sorted(found.items())}
 
 
 def _assigned_names(block: str) -> list[str]:
@@ -78,6 +123,8 @@ def strip_solutions(source: str) -> str:
 def student_copy(nb: dict) -> dict:
     """A student version of a notebook (as parsed JSON)."""
     nb = json.loads(json.dumps(nb))
+    for index, ids in solution_cells(nb).items():
+        nb["cells"][index].setdefault("metadata", {})[MARK] = {"counts": ids}
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
