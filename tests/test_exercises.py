@@ -1,6 +1,8 @@
 """Exercise checkers accept the solutions and reject wrong answers; student copies strip solutions."""
 import json
+import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from einops import einsum, rearrange, reduce
 
 from tutorial_lib.exercises import check, list_exercises, passes, verdict
-from tutorial_lib.exercises.core import expect_prediction
+from tutorial_lib.exercises.core import REGISTRY, expect_prediction
 from tutorial_lib.exercises.student import main as student_main
 from tutorial_lib.exercises.student import strip_solutions, student_copy, write_student_copies
 
@@ -179,3 +181,205 @@ def test_only_the_placeholder_means_not_done_a_library_error_is_feedback():
     ok, line = verdict(ex_id, misuse)
     assert not ok and "your answer raised NotImplementedError: Ellipsis inside" in line
     assert STUB_MESSAGE in strip_solutions("def f():\n    # BEGIN SOLUTION\n    pass\n    # END SOLUTION\n")
+
+
+# --- predict-then-run checkers keep their secrets ----------------------------------------------
+# Every registered exercise is probed with numbers; those whose checker answers a number with
+# "too high" / "too low" (or compares it through expect_prediction) are predict-then-run. For each,
+# the measured value is found (recorded from expect_prediction, else by bisection on the checker's
+# own "too high" / "too low"), and a far wrong answer's message must say only which side it is on:
+# no number in it may agree with the measured value to 2, 3 or 4 significant digits (numbers in the
+# exercise's title or hint excepted: the notebook shows those).
+
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def _outcome(ex, answer):
+    """("ok" | "high" | "low" | "function" | "other", message) of one checker call."""
+    try:
+        ex.checker(answer)
+    except AssertionError as err:
+        msg = str(err)
+        return ("high" if "too high" in msg else "low" if "too low" in msg else "other"), msg
+    except TypeError as err:
+        return ("function" if "not callable" in str(err) else "other"), str(err)
+    except Exception as err:  # noqa: BLE001 - any complaint about the form of the answer
+        return "other", f"{type(err).__name__}: {err}"
+    return "ok", ""
+
+
+class _Recorder:
+    """Records the measured value of every expect_prediction call made by any checker module."""
+
+    def __init__(self, monkeypatch):
+        from tutorial_lib.exercises import core
+        self.values = []
+        original = core.expect_prediction
+
+        def recording(got, actual, *args, **kwargs):
+            self.values.append(float(actual))
+            return original(got, actual, *args, **kwargs)
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith("tutorial_lib.exercises") and getattr(module, "expect_prediction", None) is original:
+                monkeypatch.setattr(module, "expect_prediction", recording)
+
+    def run(self, ex, answer):
+        self.values.clear()
+        return _outcome(ex, answer)
+
+
+def _answer(values, n):
+    return values[0] if n == 1 else tuple(values)
+
+
+def _components(ex, rec):
+    """How many numbers the checker wants, if it is predict-then-run (else None)."""
+    if _outcome(ex, 0.37)[0] == "function":
+        return None
+    for n in (1, 2, 3, 4):
+        for probe in (0.37, 3, 10.0 ** 9):
+            out, _ = rec.run(ex, _answer([probe] * n, n))
+            if out != "other" or rec.values:
+                return n
+    return None
+
+
+def _solve(ex, rec, known, k, n):
+    """The measured value of component k, given the earlier ones (later ones are nan)."""
+    def answer(v):
+        return _answer(known + [v] + [float("nan")] * (n - k - 1), n)
+
+    for kind in (float, int):
+        lo, hi = kind(-10 ** 9), kind(10 ** 9)
+        out_lo, out_hi = rec.run(ex, answer(lo))[0], rec.run(ex, answer(hi))[0]
+        if len(rec.values) > k:                      # compared through expect_prediction: exact
+            return kind, [rec.values[k]]
+        if (out_lo, out_hi) == ("low", "high"):
+            break
+    else:
+        raise AssertionError(f"{ex.id}: number {k + 1} of the answer is not answered 'too high' / 'too low' "
+                             f"when far off (by {ex.checker.__name__})")
+
+    def split(a, b):
+        return (a + b) // 2 if kind is int else (a + b) / 2
+
+    def close(a, b):
+        return b - a <= 1 if kind is int else b - a <= 1e-9 * max(1.0, abs(a), abs(b))
+
+    inside = None
+    while inside is None:                             # a value the checker accepts
+        mid = split(lo, hi)
+        out = rec.run(ex, answer(mid))[0]
+        if out == "high":
+            hi = mid
+        elif out == "low":
+            lo = mid
+        else:
+            inside = mid
+        assert not close(lo, hi), f"{ex.id}: no answer accepted between {lo} and {hi}"
+    edges = []
+    for outside in (lo, hi):                          # the accepted interval's two edges
+        a, b = outside, inside
+        while not close(min(a, b), max(a, b)):
+            mid = split(a, b)
+            a, b = (mid, b) if rec.run(ex, answer(mid))[0] in ("high", "low") else (a, mid)
+        edges.append(b)
+    centres = [(edges[0] + edges[1]) / 2]             # symmetric tolerance (absolute or relative)
+    if edges[0] > 0:
+        centres.append(math.sqrt(edges[0] * edges[1]))  # a tolerance by ratio
+    return kind, centres
+
+
+def _round_sig(x, digits):
+    return 0.0 if x == 0 else round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def _agrees(token, truths):
+    text = token.replace(",", "").rstrip("%")
+    value = float(text)
+    candidates = [value, value / 100] if token.endswith("%") else [value]
+    return any(math.isclose(_round_sig(v, d), _round_sig(t * f, d), rel_tol=1e-9, abs_tol=1e-12)
+               for v in candidates for t in truths for d in (2, 3, 4) for f in (1 - 1e-7, 1, 1 + 1e-7))
+
+
+def _secrets_kept(ex, rec):
+    """Problems with ex's messages for wrong predictions (empty when it keeps its secrets)."""
+    n = _components(ex, rec)
+    if n is None:
+        return None
+    kinds, truths = [], []
+    for k in range(n):
+        kind, values = _solve(ex, rec, [t[0] if kd is float else int(round(t[0])) for kd, t in zip(kinds, truths)],
+                              k, n)
+        kinds.append(kind)
+        truths.append(values)
+    right = [t[0] if kd is float else int(round(t[0])) for kd, t in zip(kinds, truths)]
+    shown = ex.title + " " + ex.hint
+    problems = []
+    for k in range(n):
+        a = right[k]
+        for wrong in (a - 1 - abs(a), a + 1 + abs(a)):
+            answer = list(right)
+            answer[k] = kinds[k](wrong)
+            out, msg = _outcome(ex, _answer(answer, n))
+            if out not in ("high", "low"):
+                problems.append(f"{ex.id}: a wrong prediction's message says neither 'too high' nor 'too low': {msg!r}")
+            leaked = [tok for tok in NUMBER.findall(msg) if _agrees(tok, truths[k]) and tok not in shown]
+            if leaked:
+                problems.append(f"{ex.id}: a wrong prediction's message shows the measured value "
+                                f"({', '.join(leaked)}): {msg!r}")
+    return problems
+
+
+@pytest.mark.parametrize("exercise_id", [e.id for e in list_exercises()])
+def test_a_wrong_prediction_is_told_too_high_or_too_low_never_the_measured_value(exercise_id, monkeypatch):
+    ex = REGISTRY[exercise_id]
+    problems = _secrets_kept(ex, _Recorder(monkeypatch))
+    if problems is None:
+        assert "predict" not in ex.title.lower(), (
+            f"{exercise_id} is titled as a prediction, but its checker answers no number with 'too high' "
+            f"or 'too low'")
+        return
+    assert problems == []
+
+
+def test_the_secret_keeping_test_finds_a_checker_that_tells_the_value(monkeypatch):
+    from tutorial_lib.exercises import core
+
+    def telling(prediction):                          # the old form: the measured value in the message
+        try:
+            core.expect_prediction(prediction, 0.10714, "share", abs_=0.005)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the measured value is 0.1071") from None
+
+    def telling_its_own_way(prediction):              # no expect_prediction, a tolerance by ratio
+        if not 1 / 1.05 < prediction / 4096 < 1.05:
+            raise AssertionError(f"your prediction is too {'high' if prediction > 4096 else 'low'}; "
+                                 f"the measured factor is 4,096")
+
+    def telling_the_second(pair):                     # two numbers; the second one's message tells 10.7%
+        core.expect_prediction(pair[0], 3.0, "first", rel=0.1)
+        if not abs(pair[1] - 0.1071) <= 0.01:
+            raise AssertionError(f"too {'high' if pair[1] > 0.1071 else 'low'}: it is 10.7%")
+
+    def keeping(prediction):
+        core.expect_prediction(prediction, 0.10714, "share of the 8x8 tile's mass", abs_=0.005)
+
+    def keeping_a_count(count):                       # exact whole numbers, its own comparison
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise AssertionError("a count is a whole number")
+        if count != 4736:
+            raise AssertionError(f"your count is too {'high' if count > 4736 else 'low'}")
+
+    rec = _Recorder(monkeypatch)
+
+    def problems(checker):
+        return _secrets_kept(core.Exercise("99.1", "predict", "count the pixels of the 8x8 tile", checker), rec)
+
+    assert any("(0.1071)" in p for p in problems(telling))
+    assert any("(4,096)" in p for p in problems(telling_its_own_way))
+    assert any("(10.7%)" in p for p in problems(telling_the_second))
+    assert problems(keeping) == []
+    assert problems(keeping_a_count) == []
+    assert problems(lambda fn: fn(1)) is None         # an exercise that takes a function
