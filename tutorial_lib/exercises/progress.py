@@ -17,8 +17,8 @@ folder (a random name, new for every notebook). Inside the kernel, every ``check
 decision is tied to the cell that made it. The cells' outputs are not read at all: a cell that
 prints "✓ [00.4] ... correct" changes nothing. The limit: the learner's code runs in the kernel
 beside the checkers, so code written on purpose to forge (writing to that file, replacing a
-checker) can still forge; printing cannot. For a grade that must resist that, read the learner's
-answers and check them in a process of your own (``tutorial_lib.exercises.passes``).
+checker) can still forge; printing cannot. The report is a learner's dashboard and a grader's
+first pass, not proof against someone who sets out to cheat.
 
 **Which decisions count: those made in the learner's cells.** The notebooks also check
 deliberately wrong answers to show what a checker says (a buggy function in a find-the-bug
