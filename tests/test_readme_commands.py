@@ -1,4 +1,4 @@
-"""The README's install command for a shared JupyterHub is the one `make setup` runs."""
+"""What the README and docs/ tell instructors agrees with the code: the JupyterHub install, the lab plans."""
 import re
 import shlex
 import shutil
@@ -42,3 +42,17 @@ def test_the_cpu_only_index_comes_with_pypi_for_the_rest():
     assert cpu_only[cpu_only.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
     assert cpu_only[cpu_only.index("--extra-index-url") + 1] == "https://pypi.org/simple"
     assert "-c" in cpu_only and cpu_only[cpu_only.index("-c") + 1] == "constraints.txt"
+
+
+def test_the_lab_plans_name_every_exercise_under_its_notebook():
+    from tutorial_lib.exercises import list_exercises
+
+    plans = (ROOT / "docs" / "lab_plans.md").read_text()
+    assert "docs/lab_plans.md" in (ROOT / "README.md").read_text()
+    sections = {m.group(1): m.group(2) for m in re.finditer(r"^## (\d\d) · .*?\n(.*?)(?=^## |\Z)", plans, re.S | re.M)}
+    assert sorted(sections) == sorted({p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")})
+    for number, text in sections.items():
+        named = set(re.findall(r"^\|[^|\n]+\| (\d\d\.\d+) \|", text, re.M))
+        registered = {e.id for e in list_exercises(number + ".")}
+        assert named == registered, (f"lab plan of {number}: exercises not in the plan {sorted(registered - named)}, "
+                                     f"in the plan but not registered {sorted(named - registered)}")
