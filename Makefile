@@ -41,7 +41,7 @@ help:
 	@echo "make site           the course as a static website in site/ (offline; open site/index.html)"
 	@echo "make notebook NB=01 strict nbval on one notebook (by number)"
 	@echo "make student        student copies in student/ (solutions removed; existing copies are kept, FORCE=1 overwrites)"
-	@echo "make progress       which exercises pass in student/ (NB=02 one notebook, DIR=folder another folder)"
+	@echo "make progress       which exercises the checkers passed in student/ (NB=02 one notebook, DIR=folder another folder)"
 	@echo "make execute NB=01  re-execute one notebook in place (for authors)"
 	@echo "make bench          run every benchmark script in benchmarks/ (minutes; run on a quiet machine)"
 	@echo "make clean          remove the virtual environment and generated files"
