@@ -383,3 +383,24 @@ def test_the_secret_keeping_test_finds_a_checker_that_tells_the_value(monkeypatc
     assert problems(keeping) == []
     assert problems(keeping_a_count) == []
     assert problems(lambda fn: fn(1)) is None         # an exercise that takes a function
+
+
+def test_a_placeholder_wrapped_by_a_checker_is_still_not_done(monkeypatch):
+    from tutorial_lib.exercises import core
+
+    def wrapping(fn):
+        try:
+            fn(1)
+        except Exception as err:
+            raise AssertionError(f"your function raised {type(err).__name__}") from err
+
+    def stub(x):
+        raise NotImplementedError(core.STUB_MESSAGE)
+
+    def own_error(x):
+        raise NotImplementedError("this mode is not supported")
+
+    monkeypatch.setitem(core.REGISTRY, "99.1", core.Exercise("99.1", "a variant", "look at the axis", wrapping))
+    assert core.decide("99.1", stub)[0] == "not done"
+    assert core.decide("99.1", own_error)[0] == "fails"
+    assert core.decide("99.1", lambda x: x)[0] == "passes"

@@ -92,19 +92,29 @@ def decide(id: str, answer: Any) -> tuple[str, str]:
         return "not done", not_yet
     try:
         ex.checker(answer)
-    except NotImplementedError as err:
-        # the student copy's placeholder (or a bare raise) means "not done"; a library raising
-        # NotImplementedError with a message of its own (einops does, for some misuse) is a real error
-        if not str(err) or str(err) == STUB_MESSAGE:
+    except Exception as err:
+        # the student copy's placeholder (or a bare raise), also where a checker wrapped its error
+        # in one of its own, means "not done"; a library raising NotImplementedError with a message
+        # of its own (einops does, for some misuse) is a real error
+        if _placeholder_behind(err):
             return "not done", not_yet
-        return "fails", (f"✗ [{id}] {ex.title}: your answer raised NotImplementedError: {err}\n"
-                         f"  Hint: {ex.hint}")
-    except AssertionError as err:
-        return "fails", f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
-    except Exception as err:  # the learner's code raised: report it as feedback, not a crash
+        if isinstance(err, AssertionError):
+            return "fails", f"✗ [{id}] {ex.title}: {err}\n  Hint: {ex.hint}"
+        # the learner's code raised: report it as feedback, not a crash
         return "fails", (f"✗ [{id}] {ex.title}: your answer raised {type(err).__name__}: {err}\n"
                          f"  Hint: {ex.hint}")
     return "passes", f"✓ [{id}] {ex.title}: correct"
+
+
+def _placeholder_behind(err: BaseException | None) -> bool:
+    """True if the student copy's placeholder raised ``err`` or an error in its chain."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, NotImplementedError) and str(err) in ("", STUB_MESSAGE):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _record(id: str, decision: str) -> None:
