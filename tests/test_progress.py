@@ -149,6 +149,15 @@ def test_the_real_student_copy_of_notebook_00(tmp_path):
     assert result.errors == []
 
 
+def test_a_cell_that_never_ends_stops_its_notebook_not_the_report(tmp_path, capsys):
+    slow = _write(tmp_path, _notebook(["x = 1", "import time\ntime.sleep(60)", "y = 2"]), "00_slow.ipynb")
+    result = notebook_progress(slow, timeout=3)
+    assert result.errors == ["code cell 2 ran longer than 3 s; the cells after it did not run"]
+    assert set(result.status.values()) == {"not checked"}
+    assert main([str(slow), "--timeout", "3"]) == 1
+    assert "code cell 2 ran longer than 3 s" in capsys.readouterr().out
+
+
 def test_bad_arguments_exit_with_status_2(tmp_path, capsys):
     assert main(["--dir", str(tmp_path)]) == 2
     assert "expected learner notebooks" in capsys.readouterr().err

@@ -7,7 +7,8 @@
 
 Each notebook is executed top to bottom in a fresh kernel, as a copy in memory (the
 learner's file is not changed), with errors allowed so that one broken cell does not hide
-the rest.
+the rest. A cell that runs longer than ``--timeout`` seconds (an endless loop, say) stops that
+notebook, keeps what its earlier cells decided, and the report goes on with the next notebook.
 
 **What is read: the checkers' decisions, not printed text.** The runner starts the kernel with
 the environment variable ``TUTORIAL_LIB_DECISIONS`` naming a fresh file in a private temporary
@@ -67,7 +68,7 @@ class NotebookProgress:
 
     path: Path
     status: dict[str, str] = field(default_factory=dict)   # exercise id -> one of STATUS_ORDER
-    errors: list[str] = field(default_factory=list)        # "code cell 7: NameError" for cells that raised
+    errors: list[str] = field(default_factory=list)        # "code cell 7: NameError", or why the run stopped
 
     @property
     def passed(self) -> int:
@@ -98,20 +99,26 @@ def counted_cells(nb: dict, course: Path | None = None, name: str = "") -> dict[
 
 
 def run_and_collect(path: Path, timeout: int = 600):
-    """Execute the notebook at ``path`` in a fresh kernel; return it and the decisions per cell.
+    """Execute the notebook at ``path`` in a fresh kernel; return it, the decisions per cell, and
+    why the run stopped early (None when every cell ran).
 
     The decisions are ``{cell index: [(exercise id, decision), ...]}``, read from the file the
-    kernel's checkers write to (never from the cells' outputs).
+    kernel's checkers write to (never from the cells' outputs). A cell that runs longer than
+    ``timeout`` seconds, or a kernel that dies, stops the run; the decisions made so far are kept.
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     decisions: dict[int, list[tuple[str, str]]] = {}
     with tempfile.TemporaryDirectory(prefix="progress-") as folder:
         log = Path(folder) / f"{secrets.token_hex(16)}.jsonl"
         log.touch(mode=0o600)
-        state = {"offset": 0, "rest": ""}
+        state = {"offset": 0, "rest": "", "running": None}
+
+        def started(cell, cell_index):
+            state["running"] = cell_index
 
         def collect(cell, cell_index, execute_reply):
             with open(log, encoding="utf-8") as f:
@@ -130,10 +137,16 @@ def run_and_collect(path: Path, timeout: int = 600):
 
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                                 record_timing=False, resources={"metadata": {"path": str(path.parent)}},
-                                on_cell_executed=collect,
+                                on_cell_execute=started, on_cell_executed=collect,
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no start-up notes
-        client.execute(env={**os.environ, DECISIONS_ENV: str(log)})
-    return nb, decisions
+        stopped = None
+        try:
+            client.execute(env={**os.environ, DECISIONS_ENV: str(log)})
+        except (CellTimeoutError, DeadKernelError) as err:
+            number = sum(c.cell_type == "code" for c in nb.cells[:state["running"] + 1])
+            why = f"ran longer than {timeout} s" if isinstance(err, CellTimeoutError) else "stopped the kernel"
+            stopped = f"code cell {number} {why}; the cells after it did not run"
+    return nb, decisions, stopped
 
 
 def _status(decisions: list[str]) -> str:
@@ -148,7 +161,7 @@ def _status(decisions: list[str]) -> str:
 
 def notebook_progress(path: Path, timeout: int = 600, course: Path | None = None) -> NotebookProgress:
     """Execute the notebook at ``path`` in a fresh kernel and collect its learner's decisions."""
-    nb, decisions = run_and_collect(path, timeout)
+    nb, decisions, stopped = run_and_collect(path, timeout)
     counted = counted_cells(nb, course, path.name)
     per_id: dict[str, list[str]] = {}
     for index, made in decisions.items():
@@ -159,10 +172,14 @@ def notebook_progress(path: Path, timeout: int = 600, course: Path | None = None
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     for number, cell in enumerate(code_cells, start=1):
         for out in cell.get("outputs", []):
+            if stopped and stopped.startswith(f"code cell {number} ") and out.get("ename") == "KeyboardInterrupt":
+                continue                      # the runner's own interrupt of that cell, said below
             if out.get("output_type") == "error":
                 # a placeholder called outside a checker is work not done yet, not an error
                 if not (out.get("ename") == "NotImplementedError" and out.get("evalue") == STUB_MESSAGE):
                     errors.append(f"code cell {number}: {out.get('ename')}")
+    if stopped:
+        errors.append(stopped)
     prefix = path.name[:2] + "."
     ids = [e.id for e in list_exercises(prefix)] or sorted({i for ids in counted.values() for i in ids})
     result = NotebookProgress(path, errors=errors)
@@ -185,7 +202,8 @@ def format_table(results: list[NotebookProgress]) -> str:
             lines.append(f"{result.path.name:<34} {ex_id:<9} {status:<12} {titles.get(ex_id, '')}")
             counts[status] += 1
         for error in result.errors:
-            lines.append(f"{result.path.name:<34} {'':<9} {'(error)':<12} {error} raised an error")
+            shown = error if error.endswith("did not run") else f"{error} raised an error"
+            lines.append(f"{result.path.name:<34} {'':<9} {'(error)':<12} {shown}")
     total = sum(counts.values())
     lines.append(f"{counts['passes']} of {total} exercises pass; {counts['fails']} fail, "
                  f"{counts['not done']} not done, {counts['not checked']} not checked")
