@@ -69,7 +69,8 @@ class DoubleAttention(AttentionModule):
     (sums to 1 per position); ``"descriptors"`` (B, m, n), the gathered G.
 
     **Defaults.** No official code exists, so every default below is the paper's form or, where
-    the paper (as far as this course could check it) is silent, the course's choice, said so:
+    the paper's own setting could not be checked (its experiments section: m, n, the insertion
+    points, the initialisation), the course's choice, said so:
 
     * ``c_m = c_n = in_channels // 4`` (at least 1): the course's choice. The paper reduces m and
       n below c; its exact values could not be checked. ``DoubleAttention(512)`` then has
@@ -81,8 +82,8 @@ class DoubleAttention(AttentionModule):
     * ``zero_init`` (default: True when there is a W_out): W_out's weight and bias start at 0, so
       the block is exactly the identity at initialisation and can be dropped into a trained
       network without changing it (the course's choice, as the zero-initialised batch norm of a
-      non-local block; the paper does not say how W_out is initialised). Its gradient is not 0,
-      so training moves it at the first step; φ, θ, ρ follow from the second. With
+      non-local block; whether and how the paper initialises W_out could not be checked). Its
+      gradient is not 0, so training moves it at the first step; φ, θ, ρ follow from the second. With
       ``residual=False`` the branch then starts at exactly 0 (the identity once the caller adds
       the input itself); pass ``zero_init=False`` for a branch that starts non-zero.
     * the three input convolutions are one convolution ``embed`` with m + 2n output channels
