@@ -564,3 +564,93 @@ def test_exercise_07_4_batch_copies_prediction():
     assert passes("07.4", 0.25)
     for wrong in (1.0, 0.5, 1 / 20):
         assert not passes("07.4", wrong)
+
+
+def test_exercise_checkers_keep_their_secrets():
+    from tutorial_lib.exercises import verdict
+
+    ok, message = verdict("07.3", lambda c, m, n: 2 * m * n // (m + n))       # one short of the counted N
+    assert not ok and "too low" in message and "9" not in message             # first case: c=16, m=n=8, N = 9
+    ok, message = verdict("07.3", lambda c, m, n: m * n)
+    assert not ok and "too high" in message and "9" not in message
+    for exercise, wrong in (("07.2", (1.0, 1.0)), ("07.2", (4.0, 0.25)), ("07.4", 0.5), ("07.4", 0.05)):
+        ok, message = verdict(exercise, wrong)
+        assert not ok and ("too high" in message or "too low" in message)
+        assert "0.25" not in message                                          # the measured value of both
+
+
+# --- the full race of notebook 07 (benchmarks/a2_race.py) -------------------------------------
+
+def _race_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "a2_race.py"
+    spec = importlib.util.spec_from_file_location("a2_race", path)
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    return race
+
+
+def _notebook_networks():
+    """GlobalContext and ProbeNet as notebook 07 defines them (its cell, executed here)."""
+    import json
+    from pathlib import Path
+
+    from torch import nn
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "07_double_attention.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    source = [s for s in cells if "class ProbeNet" in s]
+    assert len(source) == 1
+    namespace = {"nn": nn, "torch": torch, "rearrange": rearrange, "einsum": einsum, "tl": tl}
+    exec(source[0], namespace)
+    return namespace["GlobalContext"], namespace["ProbeNet"]
+
+
+def test_the_race_trains_the_notebooks_networks():
+    from torch import nn
+
+    race = _race_module()
+    nb_context, nb_probe = _notebook_networks()
+    nb_blocks = {"A²": lambda c: tl.DoubleAttention(c, 8, 4), "global context": lambda c: nb_context(c, 11),
+                 "no block": lambda c: nn.Identity()}
+    images = tl.beacon_lookup(4, seed=1).images
+    for arm, (block, readout) in race.ARMS.items():
+        ours = race.build(arm, seed=3)
+        torch.manual_seed(3)
+        theirs = nb_probe(nb_blocks[block], readout)
+        assert ours.state_dict().keys() == theirs.state_dict().keys(), arm
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values())), arm
+        with torch.no_grad():
+            for net in (ours, theirs):                       # a non-zero W_out / transform, so the block acts
+                for p in net.block.parameters():
+                    p.add_(0.1)
+            assert torch.equal(ours(images), theirs(images)), arm
+
+
+def test_the_race_quick_mode_runs(tmp_path, capsys):
+    import json
+
+    race = _race_module()
+    threads = torch.get_num_threads()
+    try:
+        assert race.main(["--quick", "--out", str(tmp_path / "race.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "race.json").read_text())
+    assert set(result["runs"]) == set(race.ARMS) and result["epochs"] == 2
+    assert all(len(r["val_curve"]) == 2 for runs in result["runs"].values() for r in runs)
+
+
+def test_the_committed_race_results_are_complete():
+    import json
+    from pathlib import Path
+
+    race = _race_module()
+    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "a2_race.json").read_text())
+    assert set(result["runs"]) == set(race.ARMS)
+    assert result["epochs"] == race.EPOCHS and result["seeds"] == list(range(race.SEEDS)) and result["lr"] == race.LR
+    for runs in result["runs"].values():
+        assert [r["seed"] for r in runs] == result["seeds"]
+        assert all(len(r["val_curve"]) == result["epochs"] for r in runs)
