@@ -8,6 +8,7 @@ m_i / ‖m_i‖ (the modules never build f^i). They share no code with the modul
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 import tutorial_lib as tl
 from tutorial_lib.csra import TEMPERATURE_SETTINGS
@@ -540,72 +542,131 @@ def test_benchmark_quick_mode_runs():
     assert "ratio = fused / loop" in result.stdout
 
 
+def _race_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("csra_race", ROOT / "benchmarks" / "csra_race.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_race_quick_mode_runs(tmp_path):
+    out = tmp_path / "race.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "csra_race.py"), "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    race = json.loads(out.read_text())
+    assert race["seeds"] == [0, 1] and race["budget"]["epochs"] == 3
+    assert all(len(c) == 3 for task in race["curves"].values() for curves in task.values() for c in curves)
+
+
+def test_race_trains_as_tl_fit_does():
+    race = _race_module()
+    g = torch.Generator().manual_seed(0)
+    feats, targets = torch.rand(120, 32, 8, 8, generator=g), (torch.rand(120, 4, generator=g) > 0.5).float()
+    for arm in ("GAP + linear", "CSRA 4 heads, T 1,2,4,inf"):
+        _, curve = race.train_head(race.ARMS[arm], feats, targets, 80, 3, 2)
+        torch.manual_seed(3)
+        history = tl.fit(race.ARMS[arm](), TensorDataset(feats[:80], targets[:80]),
+                         val=TensorDataset(feats[80:], targets[80:]), epochs=2, lr=race.LR, batch_size=race.BATCH,
+                         seed=3, progress=False, verbose=False, loss=F.binary_cross_entropy_with_logits,
+                         metric=tl.mean_average_precision)
+        assert curve == pytest.approx(history.val_metric, abs=1e-6), arm
+
+
+def test_committed_race_results_hold_every_arm_seed_and_epoch():
+    race = json.loads((ROOT / "benchmarks" / "results" / "csra_race.json").read_text())
+    arms = list(_race_module().ARMS)
+    assert set(race["recipe"]) >= {"data", "pretrain", "backbone", "heads", "training", "seed"}
+    assert race["torch"] and race["budget"]["threads"] == 1 and len(race["seeds"]) == 5
+    epochs = race["budget"]["epochs"]
+    for task in ("multi", "single"):
+        assert list(race["curves"][task]) == arms
+        for curves in race["curves"][task].values():
+            assert len(curves) == 5 and all(len(c) == epochs and all(0 < v <= 1 for v in c) for c in curves)
+        assert all(len(v) == 5 for v in race["training_free"][task].values())
+        assert all(len(c) == 5 for c in race["earlier_task"]["curves"][task].values())
+
+
 # --- exercises of notebook 05 ---------------------------------------------------------------
 
+def _four_head_logit(side=8, cells=4, score=3.0, lam=0.5, temperatures=(1, 2, 4, INF), base_per_head=True):
+    n = side * side
+    base = cells * score / n
+    att = [score if math.isinf(t) else score * cells * math.exp(t * score) / (cells * math.exp(t * score) + n - cells)
+           for t in temperatures]
+    return (len(temperatures) if base_per_head else 1) * base + lam * sum(att)
+
+
 def test_exercise_05_1_prediction():
-    e2 = math.exp(2.0)
-    assert passes("05.1", 2 * e2 / (e2 + 48))
-    assert not passes("05.1", 2.0)            # the max: T = 1 is far from max pooling here
-    assert not passes("05.1", 2.0 / 49)       # the mean
+    assert passes("05.1", _four_head_logit())
+    assert passes("05.1", round(_four_head_logit(), 2))
+    assert not passes("05.1", _four_head_logit() / 4)                      # heads averaged, not summed
+    assert not passes("05.1", _four_head_logit(base_per_head=False))        # the base counted once
+    assert not passes("05.1", _four_head_logit(temperatures=(INF,) * 4))    # every head at max pooling
+    assert not passes("05.1", _four_head_logit(temperatures=(1,)))          # one head
     ok, line = verdict("05.1", ...)
     assert not ok and "not done yet" in line
+    ok, line = verdict("05.1", _four_head_logit() / 4)
+    assert not ok and "too low" in line and f"{_four_head_logit():.3g}" not in line
 
 
-def _csra_tokens(tokens, m, temperature, lam):
-    x = tokens[:, 1:]                                         # (B, N, d): drop the class token
-    s = x @ (m / m.norm(dim=1, keepdim=True)).T               # (B, N, K)
-    base = s.mean(dim=1)
-    att = s.amax(dim=1) if math.isinf(temperature) else (s * torch.softmax(temperature * s, dim=1)).sum(dim=1)
+def _masked(x, valid, m, temperature, lam, mean_over="valid", padded_score=None, max_over="valid"):
+    s = torch.einsum("bdp,kd->bkp", x.flatten(2), m / m.norm(dim=1, keepdim=True))
+    keep = valid.flatten(1)[:, None, :]
+    base = (s * keep).sum(-1) / keep.sum(-1) if mean_over == "valid" else s.mean(-1)
+    if padded_score is not None:                                   # padding given a score instead of no weight
+        s = torch.where(keep, s, torch.full_like(s, padded_score))
+        hidden = s
+    else:
+        hidden = s.masked_fill(~keep, -INF)
+    if math.isinf(temperature):
+        att = (hidden if max_over == "valid" else s.masked_fill(~keep, 0.0)).amax(-1)
+    else:
+        att = (s * torch.softmax(temperature * hidden, dim=-1)).sum(-1)
     return base + lam * att
 
 
-def test_exercise_05_2_tokens():
-    assert passes("05.2", _csra_tokens)
-    assert not passes("05.2", lambda t, m, T, lam: _csra_tokens(torch.cat([t[:, :1], t], dim=1), m, T, lam))  # keeps CLS
-
-    def unnormalised(tokens, m, temperature, lam):
-        return _csra_tokens(tokens, m, temperature, lam) * m.norm(dim=1)
-
-    def softmax_over_classes(tokens, m, temperature, lam):
-        s = tokens[:, 1:] @ (m / m.norm(dim=1, keepdim=True)).T
-        w = s.amax(dim=1) if math.isinf(temperature) else (s * torch.softmax(temperature * s, dim=2)).sum(dim=1)
-        return s.mean(dim=1) + lam * w
-
-    assert not passes("05.2", unnormalised)
-    assert not passes("05.2", softmax_over_classes)
+def test_exercise_05_2_masked():
+    assert passes("05.2", _masked)
+    assert not passes("05.2", lambda *a: _masked(*a, mean_over="all"))       # padding dilutes the mean
+    assert not passes("05.2", lambda *a: _masked(*a, padded_score=0.0))       # a zero score is not zero weight
+    assert not passes("05.2", lambda *a: _masked(*a, max_over="all"))         # the max sees the padding
+    assert not passes("05.2", lambda x, v, m, t, lam: _masked(x, torch.ones_like(v), m, t, lam))  # mask ignored
+    ok, line = verdict("05.2", lambda *a: _masked(*a, max_over="all"))
+    assert not ok and "T=inf" in line and "negative" in line
 
 
-def _heads_port(x, weights, lam, fixed):
-    temps = {2: [1, 99], 4: [1, 2, 4, 99], 6: [1, 2, 3, 4, 5, 99]}[weights.shape[0]]
-    total = 0.0
-    for w, t in zip(weights, temps):
-        s = torch.einsum("bdp,kd->bkp", x.flatten(2), w / w.norm(dim=1, keepdim=True))
-        att = s.amax(dim=2) if (fixed and t == 99) else (s * torch.softmax(t * s, dim=2)).sum(dim=2)
-        total = total + s.mean(dim=2) + lam * att
-    return total
+def _port(x, weight, temperature, lam, norm_dim=1, features=False):
+    positions = x.flatten(2).transpose(1, 2)                        # (b, p, d)
+    if features:
+        positions = positions / positions.norm(dim=2, keepdim=True)
+        w = weight
+    else:
+        w = weight / weight.norm(dim=norm_dim, keepdim=True) if norm_dim is not None else weight
+    s = positions @ w.T                                             # (b, p, k)
+    att = (s * torch.softmax(temperature * s, dim=1)).sum(dim=1)
+    return s.mean(dim=1) + lam * att
 
 
-def test_exercise_05_3_fixed_port():
-    assert passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=True))
-    assert not passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=False))          # 99 as a temperature
-    assert not passes("05.3", lambda x, w, lam: _heads_port(x, w, lam, True) / w.shape[0])    # averaged heads
+def test_exercise_05_3_find_the_bug():
+    assert passes("05.3", _port)
+    assert not passes("05.3", lambda *a: _port(*a, norm_dim=0))               # the bug: norm over the classes
+    assert not passes("05.3", lambda *a: _port(*a, norm_dim=None))            # the normalisation removed
+    assert not passes("05.3", lambda *a: _port(*a, features=True))            # the features normalised instead
 
 
-def test_exercise_05_4_cost():
-    assert passes("05.4", lambda d, k, h, hh, ww: (h * k * d, h * k * d * hh * ww))
-    assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d + k, h * k * d * hh * ww))   # a bias
-    assert not passes("05.4", lambda d, k, h, hh, ww: (h * k * d, k * d * hh * ww))           # one head's work
-    assert not passes("05.4", lambda d, k, h, hh, ww: h * k * d)                              # not a pair
+def test_exercise_05_4_temperature_formula():
+    def right(n, peak, share):
+        return math.log(share * (n - 1) / (1 - share)) / peak
 
-
-def test_exercise_05_4_messages_say_which_way_not_the_count():
-    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (h * k * d + k, h * k * d * hh * ww))
-    assert not ok and "parameter count" in line and "too high" in line
-    assert f"{4 * 80 * 2048:,}" not in line and str(4 * 80 * 2048) not in line   # the counted number stays hidden
-    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (h * k * d, k * d * hh * ww))
-    assert not ok and "multiply-add count" in line and "too low" in line
-    assert str(4 * 80 * 2048 * 14 * 14) not in line and f"{4 * 80 * 2048 * 14 * 14:,}" not in line
-    ok, line = verdict("05.4", lambda d, k, h, hh, ww: (str(h * k * d), h * k * d * hh * ww))
+    assert passes("05.4", right)
+    assert not passes("05.4", lambda n, peak, share: math.log(share * n / (1 - share)) / peak)   # the peak not among n
+    assert not passes("05.4", lambda n, peak, share: math.log(n - 1) / peak)                     # the share ignored
+    assert not passes("05.4", lambda n, peak, share: right(n, peak, share) * peak ** 2)          # the scale inverted
+    ok, line = verdict("05.4", lambda n, peak, share: math.log(share * n / (1 - share)) / peak)
+    assert not ok and "too high" in line and f"{right(49, 2.0, 0.5):.4g}" not in line
+    ok, line = verdict("05.4", lambda n, peak, share: "1.9")
     assert not ok and "should be a number" in line
 
 
@@ -613,5 +674,6 @@ def test_exercise_05_hints_and_messages_hold_no_code():
     from tutorial_lib.exercises import list_exercises
     for ex in list_exercises("05."):
         assert "->" not in ex.hint and "dim=" not in ex.hint and "99" not in ex.hint, ex.hint
-    ok, line = verdict("05.3", lambda x, w, lam: _heads_port(x, w, lam, fixed=False))
-    assert not ok and "->" not in line and "max" not in line, line
+        assert "masked_fill" not in ex.hint and "math." not in ex.hint and "norm(" not in ex.hint, ex.hint
+    ok, line = verdict("05.3", lambda *a: _port(*a, norm_dim=0))
+    assert not ok and "dim" not in line and "norm(" not in line, line
