@@ -10,6 +10,7 @@ j = 1). They share no code with ``tutorial_lib.tasn``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -607,6 +608,28 @@ def test_distillation_value_by_hand():
     assert hinton == pytest.approx(T * T * sum(losses) / 2, rel=1e-12)
 
 
+def test_distillation_sum_is_the_symbol_and_mean_is_what_the_official_training_applies():
+    """The official symbol sums per-sample losses (make_loss, SoftmaxOutput heads with weight 0.5);
+    MXNet's Module divides every gradient by the batch size (rescale_grad = 1 / B). The gradient it
+    trains with is that of mean-reduced terms: reduction="mean" keeps the official relative weight."""
+    B = 6
+    labels = torch.tensor([0, 1, 2, 3, 1, 0])
+    master0, part0 = rand(B, 4, seed=34) * 3, rand(B, 4, seed=35) * 3
+
+    def grads(reduction, rescale):
+        master, part = master0.clone().requires_grad_(), part0.clone().requires_grad_()
+        loss = (0.5 * F.cross_entropy(part, labels, reduction=reduction)
+                + 0.5 * F.cross_entropy(master, labels, reduction=reduction)
+                + distillation_loss(master, part, reduction=reduction))
+        return [g * rescale for g in torch.autograd.grad(loss, [master, part])]
+
+    official = grads("sum", 1.0 / B)                     # the symbol's gradient, rescaled by the optimiser
+    for a, b in zip(official, grads("mean", 1.0)):
+        torch.testing.assert_close(a, b)
+    assert distillation_loss(master0, part0, reduction="sum").item() == pytest.approx(
+        B * distillation_loss(master0, part0).item(), rel=1e-12)
+
+
 def test_distillation_equals_cross_entropy_with_soft_targets():
     master, part = rand(5, 7, seed=28) * 4, rand(5, 7, seed=29) * 4
     expected = F.cross_entropy(master / 3.0, torch.softmax(part / 3.0, dim=-1))
@@ -655,6 +678,39 @@ def test_benchmark_quick_runs(capsys):
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "grid / sampling" in out and "equal" in out
+
+
+def _race_module():
+    spec = importlib.util.spec_from_file_location("tasn_race", ROOT / "benchmarks" / "tasn_race.py")
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    return race
+
+
+def test_race_quick_runs_and_writes_every_arm(tmp_path):
+    race = _race_module()
+    out = tmp_path / "race.json"
+    assert race.main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["seeds"] == [0]
+    for arm, values in record["curves"].items():
+        length = {"uniform": 2 * race.ATT_EPOCHS, "block means": 2 * race.ATT_EPOCHS}.get(
+            arm, 2 if arm in race.JOINT_ARMS else race.ATT_EPOCHS)
+        assert len(values) == 1 and len(values[0]) == length, arm
+    assert record["master alone reproduces tl.fit's curve"] == [True]      # the joint loop, part head off
+
+
+def test_committed_race_is_complete():
+    record = json.loads((ROOT / "benchmarks" / "results" / "tasn_race.json").read_text())
+    race = _race_module()
+    assert len(record["seeds"]) >= 5 and record["torch"]
+    assert record["recipe"]["attention_epochs"] == race.ATT_EPOCHS and record["recipe"]["lr"] == race.LR
+    n = len(record["seeds"])
+    for arm, values in record["curves"].items():
+        length = {"uniform": record["baseline_epochs"], "block means": record["baseline_epochs"]}.get(
+            arm, record["joint_epochs"] if arm in race.JOINT_ARMS else record["epochs"])
+        assert len(values) == n and all(len(v) == length for v in values), arm
+    assert all(record["master alone reproduces tl.fit's curve"])
 
 
 # --- the fine-grained data set ---------------------------------------------------------------
@@ -727,11 +783,32 @@ def test_exercise_06_2_magnification():
         assert not passes("06.2", wrong)
 
 
-def test_exercise_06_3_multiply_adds():
-    assert passes("06.3", lambda c, h, w: 2 * c * c * h * w)
-    assert not passes("06.3", lambda c, h, w: c * c * h * w)          # one product only
-    assert not passes("06.3", lambda c, h, w: 4 * c * c * h * w)      # FLOPs, not multiply-adds
-    assert not passes("06.3", lambda c, h, w: 2 * c * h * w * h * w)  # an N x N affinity
+def test_exercise_06_3_other_order():
+    from tutorial_lib.exercises import verdict
+    from tutorial_lib.exercises.nb06 import GRAM_FIRST_SHAPES
+    assert passes("06.3", lambda c, h, w: 2 * c * (h * w) ** 2)
+    assert passes("06.3", lambda c, h, w: float(2 * c * (h * w) ** 2))
+    assert not passes("06.3", lambda c, h, w: 2 * c * c * h * w)          # the order section 8 counts
+    assert not passes("06.3", lambda c, h, w: c * (h * w) ** 2)           # one product only
+    assert not passes("06.3", lambda c, h, w: 4 * c * (h * w) ** 2)       # FLOPs, not multiply-adds
+    assert not passes("06.3", lambda c, h, w: c * h * w * (c + h * w))    # one product of each order
+    assert not passes("06.3", lambda c, h, w: "many")
+    assert not passes("06.3", 2)
+    # the checker keeps its secret: a wrong formula hears "too high" or "too low", never the count
+    for wrong, side in ((lambda c, h, w: 2 * c * c * h * w, "too low"), (lambda c, h, w: 10 ** 12, "too high")):
+        ok, line = verdict("06.3", wrong)
+        assert not ok and side in line
+        for c, h, w in GRAM_FIRST_SHAPES:
+            count = 2 * c * (h * w) ** 2
+            assert str(count) not in line and f"{count:,}" not in line
+
+
+def test_exercise_06_3_checker_counts_the_other_order():
+    from tutorial_lib.exercises.nb06 import _gram_first
+    x = rand(2, 5, 3, 4, seed=40)
+    X = x.flatten(2)
+    torch.testing.assert_close(_gram_first(x), (X @ X.transpose(1, 2)) @ X)     # the same product, reassociated
+    assert tl.count_flops(_gram_first, torch.zeros(1, 5, 3, 4)) == 2 * 2 * 5 * 12 ** 2
 
 
 def test_exercise_06_4_detail_probabilities():

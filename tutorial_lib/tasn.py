@@ -453,8 +453,18 @@ def distillation_loss(master_logits: torch.Tensor, part_logits: torch.Tensor, *,
     part-net (detail) head and fc2 the master-net (structure) head. ``form="hinton"`` is the
     usual knowledge distillation of Hinton et al. (2015): the same soft cross-entropy times
     T² (which keeps the gradient's size independent of T) with the teacher detached.
-    ``reduction``: "mean" over the batch (default), "sum", or "none" (per sample, (B,)).
     Logits are (B, K).
+
+    **Batch reduction.** ``reduction``: "mean" over the batch (default), "sum", or "none"
+    (per sample, (B,)). The official *symbol* is a sum: ``SoftmaxCrossEntropyLoss`` returns one
+    loss per sample and ``mx.sym.make_loss`` sends a gradient of 1 to each (so do the
+    ``SoftmaxOutput`` heads of the cross-entropies). But MXNet's ``Module.init_optimizer``
+    multiplies every gradient by ``rescale_grad = 1 / batch_size`` (its default, which the
+    official ``common/fit.py`` keeps), so the training divides every term by the batch size.
+    "mean" therefore gives this term the same weight next to ``F.cross_entropy`` (a mean) as
+    the official training gives it next to its heads; "sum" is the symbol's value itself, B
+    times larger, which weighs the term B times more against mean-reduced cross-entropies
+    (use it with sum-reduced cross-entropies and a learning rate divided by B).
     """
     fn = "distillation_loss"
     check_input(fn, master_logits, ndim=2, layout="(B, K)", name="master logits")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..cost import count_flops
-from ..tasn import AttentionSampler, TrilinearAttention
+from ..tasn import AttentionSampler
 from .core import exercise, expect_close, expect_prediction, random_input
 
 STRIPE_SIZE, STRIPE_OUT = 64, 16
@@ -47,15 +47,32 @@ def _check_magnification(fn):
                      atol=1e-9, rtol=1e-9)
 
 
-@exercise("06.3", "multiply-adds of trilinear attention",
-          hint="find the matrix products among the four steps and the shapes of their two factors; "
-               "an (a x b) by (b x d) product costs a·b·d multiply-adds, a softmax none")
-def _check_multiply_adds(fn):
-    for c, h, w in ((512, 28, 28), (64, 14, 14), (3, 5, 7)):
-        counted = count_flops(TrilinearAttention(), torch.zeros(1, c, h, w)) // 2   # 2 FLOPs per multiply-add
+def _gram_first(x: torch.Tensor) -> torch.Tensor:
+    """The unnormalised trilinear product (X Xᵀ) X computed as X (Xᵀ X): the N x N matrix first."""
+    X = x.flatten(2)                                                          # (B, C, N)
+    gram = torch.einsum("bcn,bcm->bnm", X, X)                                 # Xᵀ X: (B, N, N)
+    return torch.einsum("bcn,bnm->bcm", X, gram)                              # X (Xᵀ X): (B, C, N)
+
+
+GRAM_FIRST_SHAPES = ((512, 28, 28), (64, 14, 14), (3, 5, 7), (40, 2, 3))
+
+
+@exercise("06.3", "multiply-adds of the other order, X (Xᵀ X)",
+          hint="find the two matrix products of X (Xᵀ X) and the shapes of their factors (N = H·W "
+               "positions, C channels); an (a x b) by (b x d) product costs a·b·d multiply-adds")
+def _check_gram_first(fn):
+    if not callable(fn):
+        raise AssertionError("write other_order_multiply_adds as a function of (C, H, W)")
+    for c, h, w in GRAM_FIRST_SHAPES:
+        counted = count_flops(_gram_first, torch.zeros(1, c, h, w)) // 2          # 2 FLOPs per multiply-add
         got = fn(c, h, w)
-        assert got == counted, (f"TrilinearAttention on a {c}x{h}x{w} map performs {counted:,} multiply-adds "
-                                f"(counted), but your formula gives {got}")
+        if isinstance(got, bool) or not isinstance(got, (int, float)) and not (
+                isinstance(got, torch.Tensor) and got.numel() == 1):
+            raise AssertionError(f"other_order_multiply_adds({c}, {h}, {w}) should return one number, "
+                                 f"but returns {type(got).__name__}")
+        if float(got) != counted:
+            side = "high" if float(got) > counted else "low"
+            raise AssertionError(f"other_order_multiply_adds(C={c}, H={h}, W={w}) is too {side}")
 
 
 def _detail_reference(maps: torch.Tensor) -> torch.Tensor:
