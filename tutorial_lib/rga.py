@@ -3,7 +3,7 @@
 Paper: Zhizheng Zhang, Cuiling Lan, Wenjun Zeng, Xin Jin, Zhibo Chen, "Relation-Aware Global
 Attention for Person Re-identification", CVPR 2020, arXiv:1904.02998. Official code:
 microsoft/Relation-Aware-Global-Attention-Networks (reid/models/models_utils/rga_modules.py,
-``RGA_Module``).
+``RGA_Module``; read at commit cdc9965).
 
 The method section, for the spatial branch on a feature map x of shape (B, C, H, W) whose
 N = H·W positions are the nodes x_i ∈ R^C (raster order):
@@ -130,8 +130,9 @@ class RGA(AttentionModule):
     ``RGA_Module``): ``cha_ratio = spa_ratio = down_ratio = 8``; the embedding widths are
     ``channels // cha_ratio`` (θ, φ, ψ of the spatial branch; φ' of the channel branch) and
     ``N // spa_ratio`` (φ' of the spatial branch; θ, φ, ψ of the channel branch); the heads
-    reduce ``1 + width`` by ``down_ratio`` (floor). Every conv is 1x1 without bias; the heads
-    end with BatchNorm over one channel before the sigmoid (not in the paper's equation).
+    reduce ``1 + width`` by ``down_ratio`` (floor). Every conv is 1x1 without bias; in the
+    heads each of W1 and W2 is followed by BatchNorm (the paper's text, section 3.2, says so;
+    its equation leaves them out), the last one over one channel, before the sigmoid.
     The relation vector is [row; column] of R in raster order — the official tensors
     ``Gs_in`` (channel j at position i holds R[i, j]) then ``Gs_out`` (R[j, i]). The channel
     branch is the official one: the map is viewed as (B, N, C, 1), so its embeddings are 1x1
