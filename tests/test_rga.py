@@ -14,6 +14,7 @@ Two independent references, neither sharing code with the module:
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -618,6 +619,44 @@ def test_benchmark_quick_mode_runs(capsys):
     assert "ratio" in out and "factored" in out
 
 
+def test_race_quick_mode_runs(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("rga_race", ROOT / "benchmarks" / "rga_race.py")
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    threads = torch.get_num_threads()
+    out = tmp_path / "race.json"
+    assert race.main(["--quick", "--seed-bases", "0", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads                              # the thread count is restored
+    result = json.loads(out.read_text())
+    first = result["races"]["0"]
+    assert set(first["curves"]) == set(race.ARMS) and first["seeds"] == [0]
+    assert set(first["gates"]) == {arm for arm in race.ARMS if arm not in ("plain", "MLP")}
+    head = race.ARMS["RGA-S"](0)                                           # the stored weights load into the head
+    state = head.state_dict()
+    state.update({k: torch.tensor(v).reshape(state[k].shape) for k, v in first["RGA-S weights, first seed"].items()})
+    head.load_state_dict(state)
+
+
+def test_race_arms_share_their_starting_weights():
+    spec = importlib.util.spec_from_file_location("rga_race", ROOT / "benchmarks" / "rga_race.py")
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    heads = {arm: make(3) for arm, make in race.ARMS.items()}
+    for arm, head in heads.items():
+        twin = heads["MLP" if "MLP" in arm else "plain"]
+        assert all(torch.equal(a, b) for a, b in zip(head.read_out.state_dict().values(), twin.read_out.state_dict().values()))
+    gate = heads["RGA-S"].gate.state_dict()
+    for arm in ("RGA-S, relations zeroed", "RGA-S + MLP"):
+        other = heads[arm].gate.state_dict()
+        assert all(torch.equal(v, other[k]) for k, v in gate.items() if not k.startswith("gg_spatial.1.") or arm == "RGA-S + MLP")
+    zeroed = heads["RGA-S, relations zeroed"].gate
+    x = torch.randn(4, 32, 8, 8)
+    zeroed.train()(x)
+    with torch.no_grad():
+        assert torch.count_nonzero(zeroed.gg_spatial[1](torch.randn(4, 16, 8, 8))) == 0    # φ′'s output: always 0
+    assert not zeroed.gg_spatial[1].weight.requires_grad
+
+
 # --- exercises of notebook 04 -----------------------------------------------------------------
 
 def test_exercise_04_1_prediction():
@@ -691,21 +730,32 @@ def test_exercise_04_2_messages_never_show_the_count():
     assert f"{_rga_parameters(256, 64, 32):,}" not in message and str(_rga_parameters(256, 64, 32)) not in message
 
 
-def test_exercise_04_3_unstack():
+def test_exercise_04_3_transposed_weights():
     from einops import rearrange
 
-    def right(stacked, h, w):
-        n = h * w
-        return rearrange(stacked[:, :n], "b j h w -> b (h w) j")
+    def right(weight, h, w):
+        return rearrange(weight, "k (two h w) 1 1 -> k (two w h) 1 1", two=2, h=h)
     assert passes("04.3", right)
 
-    def from_second_half(stacked, h, w):
-        n = h * w
-        return rearrange(stacked[:, n:], "b j h w -> b j (h w)")
-    assert passes("04.3", from_second_half)
-    assert not passes("04.3", lambda s, h, w: rearrange(s[:, :h * w], "b j h w -> b j (h w)"))      # transposed
-    assert not passes("04.3", lambda s, h, w: rearrange(s[:, :h * w], "b j h w -> b (w h) j"))      # column-major
-    assert not passes("04.3", lambda s, h, w: rearrange(s[:, h * w:], "b j h w -> b (h w) j"))      # wrong half
+    def like_section_6(weight, h, w):                     # a permutation of the nodes, as in section 6
+        moved = rearrange(torch.arange(h * w), "(h w) -> (w h)", h=h)
+        w_in, w_out = rearrange(weight, "k (two j) 1 1 -> two k j", two=2)
+        return rearrange([w_in[:, moved], w_out[:, moved]], "two k j -> k (two j) 1 1")
+    assert passes("04.3", like_section_6)
+
+    wrongs = {
+        "unchanged": (lambda wt, h, w: wt, "unchanged"),
+        "inverse": (lambda wt, h, w: rearrange(wt, "k (two w h) 1 1 -> k (two h w) 1 1", two=2, h=h), "wrong way"),
+        "first half only": (lambda wt, h, w: torch.cat([rearrange(wt[:, :h * w], "k (h w) 1 1 -> k (w h) 1 1", h=h),
+                                                        wt[:, h * w:]], dim=1), "first half"),
+        "halves swapped": (lambda wt, h, w: right(wt, h, w).roll(h * w, dims=1), "changed places"),
+        "2N as one grid": (lambda wt, h, w: rearrange(wt, "k (h w) 1 1 -> k (w h) 1 1", h=2 * h), "differ"),
+        "shape": (lambda wt, h, w: wt[..., 0], "shape"),
+    }
+    for name, (answer, words) in wrongs.items():
+        ok, message = verdict("04.3", answer)
+        assert not ok and words in message, name
+        assert "rearrange" not in message and "(w h)" not in message, name      # no solution line
     assert not passes("04.3", ...)
 
 

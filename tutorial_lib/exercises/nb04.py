@@ -5,7 +5,7 @@ import torch
 
 from ..cost import count_parameters
 from ..rga import RGA
-from .core import exercise, expect_close, expect_shape, random_input
+from .core import exercise, expect_shape, random_input
 
 MiB = 2 ** 20
 
@@ -85,20 +85,75 @@ def _check_parameters(fn):
                                  f"RGA({c}, spatial_size=({h}, {w})) with both branches")
 
 
-@exercise("04.3", "from the stacked relation maps back to the relation matrix",
-          hint="in the first half, channel j at position i holds R(i, j); positions are in raster order; "
-               "the second half holds the same numbers with the roles of i and j exchanged")
-def _check_unstack(fn):
-    for b, h, w, seed in ((2, 3, 5, 41), (1, 4, 2, 42)):
+def _random_rga_s(channels: int, height: int, width: int, seed: int) -> RGA:
+    """An RGA-S in eval mode whose weights and BN statistics are random and of order one."""
+    module = RGA(channels, (height, width), use_channel=False, cha_ratio=2, spa_ratio=2, down_ratio=2)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=g))
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.copy_(0.1 * torch.randn(layer.num_features, generator=g))
+                layer.running_var.copy_(0.5 + torch.rand(layer.num_features, generator=g))
+    return module.eval()
+
+
+def _reordered(weight: torch.Tensor, order: torch.Tensor, halves: tuple[bool, bool] = (True, True),
+               swap: bool = False) -> torch.Tensor:
+    """φ′'s weight with the node axis of the chosen halves indexed by ``order`` (for diagnoses)."""
+    n = weight.shape[1] // 2
+    first, second = weight[:, :n], weight[:, n:]
+    first = first[:, order] if halves[0] else first
+    second = second[:, order] if halves[1] else second
+    return torch.cat([second, first] if swap else [first, second], dim=1)
+
+
+@exercise("04.3", "the same trained RGA-S for transposed maps",
+          hint="which input channels of φ′ belong to which node, and where does a node of the h x w map "
+               "sit, in raster order, once the map is transposed? Both halves of the relation vector list "
+               "the N nodes; every other layer is 1x1 and needs no change")
+def _check_transposed(fn):
+    for c, h, w, seed in ((6, 3, 5, 45), (4, 2, 4, 46)):
         n = h * w
-        r = random_input(b, n, n, seed=seed)
-        stacked = torch.empty(b, 2 * n, h, w)
-        for i in range(n):                     # position i = (row, column) in raster order
-            row, col = divmod(i, w)
-            for j in range(n):
-                stacked[:, j, row, col] = r[:, i, j]        # first half: R(i, :)
-                stacked[:, n + j, row, col] = r[:, j, i]    # second half: R(:, i)
-        expect_close(fn(stacked, h, w), r, f"unstack_relations(stacked of shape {tuple(stacked.shape)}, h={h}, w={w})")
+        old = _random_rga_s(c, h, w, seed)
+        weight = old.gg_spatial[0].weight.detach().clone()
+        what = f"transposed_relation_weight(weight of shape {tuple(weight.shape)}, h={h}, w={w})"
+        got = fn(weight.clone(), h, w)
+        expect_shape(got, tuple(weight.shape), what)
+        new = RGA(c, (w, h), use_channel=False, cha_ratio=2, spa_ratio=2, down_ratio=2).eval()
+        state = old.state_dict()
+        state["gg_spatial.0.weight"] = got.detach().to(weight.dtype)
+        new.load_state_dict(state)
+        x = random_input(3, c, h, w, seed=seed + 100)
+        with torch.no_grad():
+            wanted = old.spatial_gate(x).transpose(-1, -2)
+            gate = new.spatial_gate(x.transpose(-1, -2).contiguous())
+        if torch.allclose(gate, wanted, atol=1e-5, rtol=1e-4):
+            continue
+        got = got.detach().to(weight.dtype)
+        moved = torch.arange(n).reshape(h, w).t().reshape(-1)       # new raster position -> old node
+        back = torch.argsort(moved)
+        diagnoses = (
+            (weight, "the weights are unchanged: after the transposition most nodes sit at another raster "
+                     "position, so the weights that multiply their relations must move with them"),
+            (_reordered(weight, back), "the weights moved the wrong way: look at which old node lands on each "
+                                       "raster position of the w x h map, not where each old node goes"),
+            (_reordered(weight, moved, (True, False)), "only the first half of the 2N input channels moved: "
+                                                       "the second half lists the same N nodes"),
+            (_reordered(weight, moved, (False, True)), "only the second half of the 2N input channels moved: "
+                                                       "the first half lists the same N nodes"),
+            (_reordered(weight, moved, swap=True), "the two halves changed places: transposing the map does "
+                                                   "not change which half holds a node's row R(i, :)"),
+            (_reordered(weight, torch.arange(n), swap=True), "the two halves changed places, and the nodes "
+                                                             "kept their old order"),
+        )
+        for wrong, message in diagnoses:
+            if torch.equal(got, wrong):
+                raise AssertionError(f"{what}: {message}")
+        off = ((gate - wanted).abs() > 1e-4).float().mean().item()
+        raise AssertionError(f"{what}: the new module's gates on the transposed map differ from the transposed "
+                             f"gates at {off:.0%} of the positions")
 
 
 @exercise("04.4", "a parameter-free oddness score from relations",
