@@ -158,6 +158,13 @@ def test_a_cell_that_never_ends_stops_its_notebook_not_the_report(tmp_path, caps
     assert "code cell 2 ran longer than 3 s" in capsys.readouterr().out
 
 
+def test_a_cell_that_raises_on_purpose_is_not_an_error_but_an_unexpected_raise_is(tmp_path):
+    nb = _notebook(["x = 1", "raise ValueError('a clear error, shown on purpose')", "raise KeyError('a slip')"])
+    nb["cells"][1]["metadata"]["tags"] = ["raises-exception"]
+    result = notebook_progress(_write(tmp_path, nb, "00_raises.ipynb"), timeout=120)
+    assert result.errors == ["code cell 3: KeyError"]
+
+
 def test_bad_arguments_exit_with_status_2(tmp_path, capsys):
     assert main(["--dir", str(tmp_path)]) == 2
     assert "expected learner notebooks" in capsys.readouterr().err
