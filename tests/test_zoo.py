@@ -1,4 +1,6 @@
 """The zoo of notebook 08: one backbone for every arm, the same starting weights, maps to score."""
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -6,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tutorial_lib.zoo import ARMS, ZooNet, build, peak_on_object, spatial_map
+import tutorial_lib as tl
+from tutorial_lib.zoo import ARMS, ZooNet, build, mass_on_object, object_cells, spatial_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_arm_starts_from_the_same_backbone_and_plain_head():
+def test_every_arm_starts_from_the_same_backbone_and_linear_classifier():
     plain = build("plain", 4, seed=3)
     for arm in ARMS:
         net = build(arm, 4, seed=3)
@@ -22,13 +25,31 @@ def test_every_arm_starts_from_the_same_backbone_and_plain_head():
     assert not torch.equal(build("plain", 4, seed=4).features[0].weight, plain.features[0].weight)
 
 
+def test_plain_max_differs_from_plain_only_in_its_pooling():
+    plain, plain_max = build("plain", 4, seed=0).eval(), build("plain-max", 4, seed=0).eval()
+    assert tl.count_parameters(plain) == tl.count_parameters(plain_max)
+    x = torch.rand(2, 3, 32, 32)
+    features = plain.features(x)
+    torch.testing.assert_close(plain_max(x), plain.head[2](features.amax(dim=(2, 3))))
+    torch.testing.assert_close(plain(x), plain.head[2](features.mean(dim=(2, 3))))
+
+
+def test_the_rga_arms_have_the_branches_their_names_say():
+    for arm, branches in {"RGA-S": (True, False), "RGA-C": (False, True), "RGA-SC": (True, True)}.items():
+        block = build(arm, 4, seed=0, size=64).block
+        assert (block.use_spatial, block.use_channel) == branches, arm
+    # the channel branch's embeddings take the N = 16 x 16 positions as input channels
+    block = build("RGA-C", 4, seed=0, size=64).block
+    assert block.theta_channel[0].weight.shape[1] == 256
+
+
 @pytest.mark.parametrize("arm", ARMS)
 def test_each_arm_classifies_and_hands_back_a_map_of_where_it_looks(arm):
     net = build(arm, 4, seed=0).eval()
     x = torch.rand(3, 3, 32, 32)
     assert net(x).shape == (3, 4)
     maps = spatial_map(net, x, torch.tensor([0, 1, 2]))
-    if arm == "SE":
+    if arm in ("SE", "RGA-C"):
         assert maps is None                     # a channel gate has no spatial map
     else:
         assert maps.dim() == 3 and maps.shape[0] == 3 and bool((maps >= 0).all())
@@ -45,7 +66,7 @@ def test_bad_image_size_is_refused(size):
         ZooNet("plain", 4, size)
 
 
-@pytest.mark.parametrize("arm", ["RGA", "non-local", "CSRA"])
+@pytest.mark.parametrize("arm", ["RGA-SC", "non-local", "CSRA"])
 def test_the_mechanism_is_built_for_the_image_size(arm):
     net = build(arm, 4, seed=0, size=48).eval()
     assert net(torch.rand(2, 3, 48, 48)).shape == (2, 4)
@@ -53,50 +74,90 @@ def test_the_mechanism_is_built_for_the_image_size(arm):
     assert spatial_map(net, torch.rand(2, 3, 48, 48), torch.tensor([0, 1])).shape == (2, side, side)
 
 
-def _peak_on_object_literal(maps, masks):
-    """Loops: find the largest value, then look at every pixel of its cell."""
+def _mass_on_object_literal(maps, masks):
+    """Loops: for every cell, look at each of its pixels; add the cell's value if one is on the object."""
     b, h, w = maps.shape
     ch, cw = masks.shape[1] // h, masks.shape[2] // w
     out = []
     for i in range(b):
-        best = max(((float(maps[i, y, x]), y, x) for y in range(h) for x in range(w)))
-        _, y, x = best
-        out.append(float(any(bool(masks[i, y * ch + dy, x * cw + dx]) for dy in range(ch) for dx in range(cw))))
+        on = sum(float(maps[i, y, x]) for y in range(h) for x in range(w)
+                 if any(bool(masks[i, y * ch + dy, x * cw + dx]) for dy in range(ch) for dx in range(cw)))
+        out.append(on / float(maps[i].sum()))
     return torch.tensor(out, dtype=torch.float64)
 
 
-def test_peak_on_object_matches_loops_over_cells_and_pixels():
+def _tiles(n, side, tile, generator):
+    masks = torch.zeros(n, side, side, dtype=torch.bool)
+    for i in range(n):
+        y, x = torch.randint(0, side - tile + 1, (2,), generator=generator).tolist()
+        masks[i, y:y + tile, x:x + tile] = True
+    return masks
+
+
+def test_mass_on_object_matches_loops_over_cells_and_pixels():
     g = torch.Generator().manual_seed(0)
-    maps = torch.rand(50, 4, 4, generator=g)
-    masks = torch.zeros(50, 16, 16, dtype=torch.bool)
-    for i in range(50):
-        y, x = torch.randint(0, 12, (2,), generator=g).tolist()
-        masks[i, y:y + 5, x:x + 5] = True
-    got = peak_on_object(maps, masks)
-    torch.testing.assert_close(got.double(), _peak_on_object_literal(maps, masks))
+    maps = torch.rand(30, 4, 4, generator=g)
+    masks = _tiles(30, 16, 5, g)
+    got = mass_on_object(maps, masks)
+    torch.testing.assert_close(got, _mass_on_object_literal(maps, masks))
     assert 0 < got.mean() < 1
 
 
-def test_a_flat_map_scores_the_chance_level_not_the_first_cell():
-    masks = torch.zeros(4000, 8, 8, dtype=torch.bool)
-    masks[:, 4:, :] = True                      # the object covers the lower half; the first cell is outside
-    rate = peak_on_object(torch.full((4000, 4, 4), 0.5), masks).mean().item()
-    assert abs(rate - 0.5) < 0.05
+def test_a_uniform_map_scores_the_share_of_cells_the_object_touches():
+    g = torch.Generator().manual_seed(1)
+    masks = _tiles(200, 64, 8, g)
+    for grid in (16, 8):                        # the feature map's grid, and the non-local block's key grid
+        uniform = mass_on_object(torch.ones(200, grid, grid), masks)
+        touched = object_cells(masks, (grid, grid)).flatten(1).float().mean(1).double()
+        torch.testing.assert_close(uniform, touched)
+        all_on_object = object_cells(masks, (grid, grid)).double()
+        torch.testing.assert_close(mass_on_object(all_on_object, masks), torch.ones(200, dtype=torch.float64))
+    # a coarser grid has a higher chance level: a cell that touches the tile is a larger share
+    assert mass_on_object(torch.ones(200, 8, 8), masks).mean() > mass_on_object(torch.ones(200, 16, 16), masks).mean()
 
 
-def test_peak_on_object_refuses_maps_and_masks_that_do_not_fit():
-    with pytest.raises(ValueError, match="peak_on_object: expected maps"):
-        peak_on_object(torch.rand(2, 4, 4), torch.zeros(3, 16, 16, dtype=torch.bool))
+def test_mass_on_object_refuses_maps_and_masks_that_do_not_fit():
+    with pytest.raises(ValueError, match="mass_on_object: expected maps"):
+        mass_on_object(torch.rand(2, 4, 4), torch.zeros(3, 16, 16, dtype=torch.bool))
     with pytest.raises(ValueError, match="do not split into the maps' 4x4 cells"):
-        peak_on_object(torch.rand(2, 4, 4), torch.zeros(2, 18, 16, dtype=torch.bool))
+        mass_on_object(torch.rand(2, 4, 4), torch.zeros(2, 18, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="non-negative"):
+        mass_on_object(-torch.rand(2, 4, 4), torch.zeros(2, 16, 16, dtype=torch.bool))
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_curve_is_the_training_loop_of_fit():
+    """The benchmark trains step by step to score checkpoints; its first k epochs are tl.fit(epochs=k)."""
+    bench = _benchmark()
+    train, val = tl.objects_on_clutter(100, size=64, clutter=48, seed=3).split(80)
+    run = bench.train_with_curve("CBAM", train, val, seed=2, epochs=2, checkpoints=(1, 2), channels_last=False)
+    for epochs in (1, 2):
+        net = build("CBAM", 4, 2, size=64)
+        tl.fit(net, train, epochs=epochs, seed=2, progress=False, verbose=False)
+        tl.recalibrate_batchnorm(net, train.subset(slice(0, bench.RECALIBRATE)))
+        assert dict(run["curve"])[epochs] == tl.evaluate(net, val)["accuracy"]
+    assert run["train_accuracy"] == tl.evaluate(net, train)["accuracy"]
+    looks = run["looks"]
+    assert looks["grid"] == [16, 16] and 0 < looks["uniform"] < looks["mass"] + 1
 
 
 def test_the_zoo_script_runs_quickly(tmp_path):
     out = tmp_path / "zoo.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick", "--arms", "plain", "CBAM",
-                    "CSRA", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick", "--arms", "plain", "non-local",
+                    "RGA-C", "--thread-check", "plain", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["data_seed"] == 0 and result["seeds"] == [0] and result["threads"] == 1
+    assert result["runs"]["non-local"][0]["looks"]["grid"] == [8, 8]      # the pooled keys' grid
+    assert result["runs"]["RGA-C"][0]["looks"] is None
+    assert set(result["thread_check"]) == {"plain"}
     table = out.with_suffix(".md").read_text()
-    assert "| CBAM |" in table and "random map (control)" in table
+    assert "| non-local |" in table and "mass on object" in table
 
 
 from tutorial_lib.exercises import passes, verdict  # noqa: E402
@@ -131,3 +192,13 @@ def test_exercise_08_2_non_local_growth_prediction():
         assert not passes("08.2", wrong)
     ok, message = verdict("08.2", 4.0)
     assert not ok and "too low" in message and f"{predicted(1024) / predicted(256):.4g}" not in message
+
+
+def test_exercise_08_1_says_too_high_or_too_low_and_keeps_the_value():
+    ok, message = verdict("08.1", lambda s, t, c: (t / s) ** 2)
+    assert not ok and "chance_level(size=64, tile=8, cell=4) is too low" in message
+    expected = _chance_closed_form(64, 8, 4)
+    for leak in (f"{expected:.3g}", f"{expected:.2g}", f"{expected - (8 / 64) ** 2:.3g}", "difference"):
+        assert leak not in message
+    ok, message = verdict("08.1", lambda s, t, c: 1.0)
+    assert not ok and "too high" in message

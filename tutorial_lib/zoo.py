@@ -7,16 +7,20 @@ side of the square images, a multiple of 4; the zoo table uses 64):
       -> conv-BN-ReLU 3->16, max-pool 2 -> conv-BN-ReLU 16->32, max-pool 2 -> conv-BN-ReLU 32->32
       -> [the mechanism, on the (32, size/4, size/4) feature map]           "block" arms
       -> global average pooling -> linear 32->K                             (the plain head)
+         or global max pooling -> linear 32->K                              ("plain-max")
          or CSRA on the (32, size/4, size/4) map                            "head" arm
 
+* ``plain``: no mechanism, global average pooling: the network every block arm is added to;
+* ``plain-max``: no mechanism, global *max* pooling: the free baseline (no extra parameter,
+  no extra multiply-add) that a classifier head or a spatial mechanism must beat;
 * block arms (same place, same width: the last feature map, 32 channels):
   ``SE`` (r = 4: 8 hidden units), ``CBAM`` (r = 4, 7x7), ``non-local`` (embedded Gaussian,
-  official defaults: inner 16, 2x2-pooled keys), ``RGA`` (RGA-SC; spa_ratio 8 as official,
-  cha_ratio 4 and down_ratio 4: on 32 channels the official 8 and 8 leave the channel head
-  no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
+  official defaults: inner 16, 2x2-pooled keys), ``RGA-SC`` (both branches, as the paper's
+  model), ``RGA-S`` (its spatial branch alone), ``RGA-C`` (its channel branch alone), all with
+  spa_ratio 8 as official, cha_ratio 4 and down_ratio 4 (on 32 channels the official 8 and 8
+  leave the channel head no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
-  average pooling + linear: it is a classifier head, and belongs where the classifier is;
-* ``plain``: no mechanism, the strongest simple baseline for every arm.
+  average pooling + linear: it is a classifier head, and belongs where the classifier is.
 
 The TASN sampler belongs *in front of* a network, when the image has more pixels than the
 network can afford to look at; it changes the input, not a feature map, so it has no place in
@@ -33,11 +37,12 @@ import torch
 from einops import reduce
 from torch import nn
 
-__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "peak_on_object", "spatial_map"]
+__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "mass_on_object", "object_cells", "spatial_map"]
 
-ARMS = ("plain", "SE", "CBAM", "non-local", "RGA", "A2", "CSRA")
-BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA", "A2")
+ARMS = ("plain", "plain-max", "SE", "CBAM", "non-local", "RGA-S", "RGA-C", "RGA-SC", "A2", "CSRA")
+BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA-S", "RGA-C", "RGA-SC", "A2")
 WIDTH, SIZE = 32, 32
+_RGA_BRANCHES = {"RGA-S": (True, False), "RGA-C": (False, True), "RGA-SC": (True, True)}
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -53,8 +58,9 @@ def _block(arm: str, grid: int) -> nn.Module:
         return tl.CBAM(WIDTH, reduction=4)
     if arm == "non-local":
         return tl.NonLocalBlock(WIDTH)
-    if arm == "RGA":
-        return tl.RGA(WIDTH, (grid, grid), cha_ratio=4, down_ratio=4)
+    if arm in _RGA_BRANCHES:
+        spatial, channel = _RGA_BRANCHES[arm]
+        return tl.RGA(WIDTH, (grid, grid), use_spatial=spatial, use_channel=channel, cha_ratio=4, down_ratio=4)
     if arm == "A2":
         return tl.DoubleAttention(WIDTH, WIDTH // 4, WIDTH // 4)
     return nn.Identity()
@@ -79,14 +85,15 @@ class ZooNet(nn.Module):
 
             self.head = tl.CSRA(WIDTH, num_classes)
         else:
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTH, num_classes))
+            pool = nn.AdaptiveMaxPool2d(1) if arm == "plain-max" else nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Sequential(pool, nn.Flatten(), nn.Linear(WIDTH, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.features(images)))
 
 
 def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
-    """A ``ZooNet`` whose backbone and plain head depend on ``seed`` only, not on the arm."""
+    """A ``ZooNet`` whose backbone and linear classifier depend on ``seed`` only, not on the arm."""
     torch.manual_seed(seed)
     features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
                              *_conv_bn(32, WIDTH))
@@ -101,28 +108,30 @@ def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
 
 @torch.no_grad()
 def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Where the model looks, one non-negative (B, h, w) map per image, or None (SE: no spatial map).
+    """Where the model looks, one non-negative (B, h, w) map per image, or None (no spatial map).
 
-    plain: the channel mean of the last feature map (a map that needs no attention, the control);
-    CBAM, RGA: the spatial gate; non-local: the attention weights averaged over all queries,
-    on the key grid (where the block reads from); A2: the n attention maps averaged; CSRA: the
-    class-specific attention of the class in ``labels`` (single-label) — for multi-label use the
-    maps returned by the head directly.
+    plain, plain-max: the channel mean of the last feature map (a map that needs no attention,
+    the control); CBAM, RGA-S, RGA-SC: the spatial gate; non-local: the attention weights
+    averaged over all queries, on the grid of its 2x2-pooled keys (where the block reads from,
+    half the side of the feature map); A2: the n attention maps averaged; CSRA: the
+    class-specific attention of the class in ``labels`` (single-label; without labels, the
+    class with the largest score) — for multi-label use the maps returned by the head directly.
+    SE and RGA-C gate channels only: None.
     """
     was_training = net.training
     net.eval()
     try:
         features = net.features(images)
-        if net.arm == "plain":
+        if net.arm in ("plain", "plain-max"):
             return features.mean(dim=1)
-        if net.arm == "SE":
+        if net.arm in ("SE", "RGA-C"):
             return None
         if net.arm == "CSRA":
             _, maps = net.head(features, return_attention=True)
             chosen = labels if labels is not None else maps["attention"].flatten(2).amax(-1).argmax(-1)
             return maps["attention"][torch.arange(len(images)), chosen]
         _, maps = net.block(features, return_attention=True)
-        if net.arm in ("CBAM", "RGA"):
+        if net.arm in ("CBAM", "RGA-S", "RGA-SC"):
             return maps["spatial"][:, 0]
         if net.arm == "non-local":
             return maps["attention"].mean(dim=1)
@@ -133,24 +142,37 @@ def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None =
         net.train(was_training)
 
 
-def peak_on_object(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per image, 1.0 when the largest value of its map lies on a cell that touches the object.
+def object_cells(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) booleans: the cells of an h x w grid that share at least one pixel with the object.
 
-    ``maps`` (B, h, w) at feature-map resolution; ``masks`` (B, H, W) booleans at image
-    resolution, H and W multiples of h and w: each map position is a cell of (H/h) x (W/w)
-    pixels. Ties (a flat gate, as CBAM's is at initialisation) are broken at random with a
-    fixed seed, so a map that prefers no place scores the chance level instead of always
-    picking the first cell. Returns a (B,) float tensor; its mean is the "peak on object" rate.
+    ``masks`` (B, H, W) booleans at image resolution, H and W multiples of h and w: each grid
+    position is a cell of (H/h) x (W/w) pixels.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"object_cells: expected masks (B, H, W), but got {tuple(masks.shape)}")
+    h, w = grid
+    if masks.shape[1] % h or masks.shape[2] % w:
+        raise ValueError(f"object_cells: the masks' {masks.shape[1]}x{masks.shape[2]} pixels do not split "
+                         f"into the maps' {h}x{w} cells")
+    return reduce(masks.float(), "b (h p1) (w p2) -> b h w", "max", h=h, w=w) > 0
+
+
+def mass_on_object(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image, the share of the map's total on the cells that touch the object: (B,) in [0, 1].
+
+    ``maps`` (B, h, w), non-negative, on the map's own grid; ``masks`` (B, H, W) booleans at image
+    resolution (see ``object_cells``). The control is the same score of a uniform map on the
+    same grid: the share of the grid's cells that touch the object, ``mass_on_object(ones, masks)``
+    (a random map has the same expectation). A gate that weighs every position alike scores that
+    control; a map with all its weight on the object scores 1.
     """
     if maps.dim() != 3 or masks.dim() != 3 or len(maps) != len(masks):
-        raise ValueError(f"peak_on_object: expected maps (B, h, w) and masks (B, H, W) with the same B, "
+        raise ValueError(f"mass_on_object: expected maps (B, h, w) and masks (B, H, W) with the same B, "
                          f"but got {tuple(maps.shape)} and {tuple(masks.shape)}")
-    b, h, w = maps.shape
-    if masks.shape[1] % h or masks.shape[2] % w:
-        raise ValueError(f"peak_on_object: the masks' {masks.shape[1]}x{masks.shape[2]} pixels do not split "
-                         f"into the maps' {h}x{w} cells")
-    cells = reduce(masks.float(), "b (h p1) (w p2) -> b (h w)", "max", h=h, w=w)
-    flat = maps.reshape(b, h * w).double()
-    jitter = torch.rand(flat.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    flat = flat + 1e-9 * flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) * jitter
-    return cells.gather(1, flat.argmax(dim=1, keepdim=True))[:, 0]
+    if bool((maps < 0).any()):
+        raise ValueError("mass_on_object: expected a non-negative map (a gate, a distribution or a mean of "
+                         "ReLU features), but some values are negative")
+    cells = object_cells(masks, tuple(maps.shape[1:])).flatten(1)
+    flat = maps.flatten(1).double()
+    total = flat.sum(dim=1).clamp_min(1e-300)
+    return (flat * cells).sum(dim=1) / total
