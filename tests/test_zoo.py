@@ -20,7 +20,7 @@ def test_every_arm_starts_from_the_same_backbone_and_linear_classifier():
         net = build(arm, 4, seed=3)
         for a, b in zip(plain.features.state_dict().values(), net.features.state_dict().values()):
             assert torch.equal(a, b), arm
-        if arm != "CSRA":
+        if arm not in ("CSRA", "plain-avgmax"):
             assert torch.equal(plain.head[2].weight, net.head[2].weight), arm
     assert not torch.equal(build("plain", 4, seed=4).features[0].weight, plain.features[0].weight)
 
@@ -34,6 +34,15 @@ def test_plain_max_differs_from_plain_only_in_its_pooling():
     torch.testing.assert_close(plain(x), plain.head[2](features.mean(dim=(2, 3))))
 
 
+def test_plain_avgmax_reads_the_average_and_the_maximum_side_by_side():
+    net = build("plain-avgmax", 4, seed=0).eval()
+    assert tl.count_parameters(net) == tl.count_parameters(build("plain", 4, seed=0)) + 32 * 4
+    x = torch.rand(2, 3, 32, 32)
+    features = net.features(x)
+    pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+    torch.testing.assert_close(net(x), net.head[2](pooled))
+
+
 def test_the_rga_arms_have_the_branches_their_names_say():
     for arm, branches in {"RGA-S": (True, False), "RGA-C": (False, True), "RGA-SC": (True, True)}.items():
         block = build(arm, 4, seed=0, size=64).block
@@ -41,6 +50,25 @@ def test_the_rga_arms_have_the_branches_their_names_say():
     # the channel branch's embeddings take the N = 16 x 16 positions as input channels
     block = build("RGA-C", 4, seed=0, size=64).block
     assert block.theta_channel[0].weight.shape[1] == 256
+
+
+def test_rga_s_zero_is_rga_s_with_its_relations_held_at_zero_through_training():
+    """The ablation: the same weights as RGA-S, but the embedded relations are 0 and stay 0."""
+    full, zero = build("RGA-S", 4, seed=1, size=32), build("RGA-S-zero", 4, seed=1, size=32)
+    differ = [k for k, v in full.state_dict().items() if not torch.equal(v, zero.state_dict()[k])]
+    assert differ == ["block.gg_spatial.1.weight"]          # a BatchNorm's bias starts at 0 in both
+    seen = []   # the embedded relations: the output of the relation embedding's last ReLU
+    hook = zero.block.gg_spatial[2].register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    data = tl.objects_on_clutter(40, size=32, seed=0)
+    tl.fit(zero, data, epochs=2, batch_size=8, seed=0, progress=False, verbose=False)
+    zero.eval()(data.images[:4])
+    hook.remove()
+    assert len(seen) == 2 * 5 + 1 and all(float(out.abs().max()) == 0.0 for out in seen)
+    bn = zero.block.gg_spatial[1]
+    assert float(bn.weight.abs().max()) == float(bn.bias.abs().max()) == 0.0   # frozen: the optimiser left them
+    assert not bn.weight.requires_grad and not bn.bias.requires_grad
+    # the rest of the gate trained: its head moved away from RGA-S's starting weights
+    assert not torch.equal(zero.block.W_spatial[0].weight, full.block.W_spatial[0].weight)
 
 
 @pytest.mark.parametrize("arm", ARMS)
@@ -160,6 +188,26 @@ def test_the_zoo_script_runs_quickly(tmp_path):
     assert "| non-local |" in table and "mass on object" in table
 
 
+def test_the_zoo_scripts_workers_give_the_same_numbers(tmp_path):
+    """Runs spread over two worker processes equal the same runs in one process, one thread each."""
+    out = tmp_path / "zoo.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick", "--arms", "plain", "CBAM",
+                    "--seeds", "1", "--thread-check", "--workers", "2", "--noise", "0.1", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["workers"] == 2 and result["noise"] == 0.1 and result["thread_check"] == {}
+    bench = _benchmark()
+    train, val = bench.data(True, 0.1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arm in ("plain", "CBAM"):
+            here = bench.train_with_curve(arm, train, val, 0, result["epochs"], tuple(result["checkpoints"]))
+            assert result["runs"][arm] == [json.loads(json.dumps(here))]
+    finally:
+        torch.set_num_threads(threads)
+
+
 from tutorial_lib.exercises import passes, verdict  # noqa: E402
 
 
@@ -202,3 +250,18 @@ def test_exercise_08_1_says_too_high_or_too_low_and_keeps_the_value():
         assert leak not in message
     ok, message = verdict("08.1", lambda s, t, c: 1.0)
     assert not ok and "too high" in message
+
+
+def test_the_zoo_script_adds_arms_to_an_earlier_result(tmp_path):
+    """--add-to trains only the missing arms: the same runs as one run of the script with all of them."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick", "--thread-check"]
+    both, first, added = tmp_path / "both.json", tmp_path / "first.json", tmp_path / "added.json"
+    subprocess.run([*script, "--arms", "plain", "SE", "--out", str(both)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*script, "--arms", "SE", "--out", str(first)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*script, "--arms", "plain", "--add-to", str(first), "--out", str(added)], check=True,
+                   capture_output=True, timeout=300)
+    want, got = json.loads(both.read_text()), json.loads(added.read_text())
+    assert got["arms"] == ["plain", "SE"] and got["runs"] == want["runs"] and set(got["costs"]) == {"plain", "SE"}
+    other = subprocess.run([*script, "--arms", "plain", "--noise", "0.3", "--add-to", str(first), "--out",
+                            str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "--add-to: the earlier result was made with another recipe (noise" in other.stderr

@@ -8,15 +8,21 @@ side of the square images, a multiple of 4; the zoo table uses 64):
       -> [the mechanism, on the (32, size/4, size/4) feature map]           "block" arms
       -> global average pooling -> linear 32->K                             (the plain head)
          or global max pooling -> linear 32->K                              ("plain-max")
+         or [global average; global max] -> linear 64->K                    ("plain-avgmax")
          or CSRA on the (32, size/4, size/4) map                            "head" arm
 
 * ``plain``: no mechanism, global average pooling: the network every block arm is added to;
 * ``plain-max``: no mechanism, global *max* pooling: the free baseline (no extra parameter,
   no extra multiply-add) that a classifier head or a spatial mechanism must beat;
+* ``plain-avgmax``: no mechanism, both poolings side by side ([average; max], 2 x 32 numbers)
+  and a linear layer on them: the other free read-out (32 K weights more, nothing else);
 * block arms (same place, same width: the last feature map, 32 channels):
   ``SE`` (r = 4: 8 hidden units), ``CBAM`` (r = 4, 7x7), ``non-local`` (embedded Gaussian,
   official defaults: inner 16, 2x2-pooled keys), ``RGA-SC`` (both branches, as the paper's
-  model), ``RGA-S`` (its spatial branch alone), ``RGA-C`` (its channel branch alone), all with
+  model), ``RGA-S`` (its spatial branch alone), ``RGA-S-zero`` (RGA-S with its relations
+  zeroed: the relation embedding's BatchNorm weight and bias set to zero and frozen, so the gate
+  sees only its summary of each position's own features, the ablation of notebook 04),
+  ``RGA-C`` (its channel branch alone), all with
   spa_ratio 8 as official, cha_ratio 4 and down_ratio 4 (on 32 channels the official 8 and 8
   leave the channel head no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
@@ -39,14 +45,22 @@ from torch import nn
 
 __all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "mass_on_object", "object_cells", "spatial_map"]
 
-ARMS = ("plain", "plain-max", "SE", "CBAM", "non-local", "RGA-S", "RGA-C", "RGA-SC", "A2", "CSRA")
-BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA-S", "RGA-C", "RGA-SC", "A2")
+ARMS = ("plain", "plain-max", "plain-avgmax", "SE", "CBAM", "non-local", "RGA-S", "RGA-S-zero", "RGA-C", "RGA-SC", "A2", "CSRA")
+BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA-S", "RGA-S-zero", "RGA-C", "RGA-SC", "A2")
 WIDTH, SIZE = 32, 32
-_RGA_BRANCHES = {"RGA-S": (True, False), "RGA-C": (False, True), "RGA-SC": (True, True)}
+_RGA_BRANCHES = {"RGA-S": (True, False), "RGA-S-zero": (True, False), "RGA-C": (False, True),
+                 "RGA-SC": (True, True)}
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class _AvgMaxPool(nn.Module):
+    """[global average; global max] over the positions: (B, C, H, W) -> (B, 2C, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([reduce(x, "b c h w -> b c 1 1", "mean"), reduce(x, "b c h w -> b c 1 1", "max")], dim=1)
 
 
 def _block(arm: str, grid: int) -> nn.Module:
@@ -60,7 +74,14 @@ def _block(arm: str, grid: int) -> nn.Module:
         return tl.NonLocalBlock(WIDTH)
     if arm in _RGA_BRANCHES:
         spatial, channel = _RGA_BRANCHES[arm]
-        return tl.RGA(WIDTH, (grid, grid), use_spatial=spatial, use_channel=channel, cha_ratio=4, down_ratio=4)
+        rga = tl.RGA(WIDTH, (grid, grid), use_spatial=spatial, use_channel=channel, cha_ratio=4, down_ratio=4)
+        if arm == "RGA-S-zero":  # the embedded relations are ReLU(BN(.)) with BN's weight and bias 0: always 0
+            relation_bn = rga.gg_spatial[1]
+            with torch.no_grad():
+                relation_bn.weight.zero_()
+                relation_bn.bias.zero_()
+            relation_bn.requires_grad_(False)
+        return rga
     if arm == "A2":
         return tl.DoubleAttention(WIDTH, WIDTH // 4, WIDTH // 4)
     return nn.Identity()
@@ -85,8 +106,9 @@ class ZooNet(nn.Module):
 
             self.head = tl.CSRA(WIDTH, num_classes)
         else:
-            pool = nn.AdaptiveMaxPool2d(1) if arm == "plain-max" else nn.AdaptiveAvgPool2d(1)
-            self.head = nn.Sequential(pool, nn.Flatten(), nn.Linear(WIDTH, num_classes))
+            pool = {"plain-max": nn.AdaptiveMaxPool2d(1), "plain-avgmax": _AvgMaxPool()}.get(arm, nn.AdaptiveAvgPool2d(1))
+            self.head = nn.Sequential(pool, nn.Flatten(),
+                                      nn.Linear(2 * WIDTH if arm == "plain-avgmax" else WIDTH, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.features(images)))
@@ -101,7 +123,7 @@ def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
     torch.manual_seed(seed + 10_000)  # the mechanism's own weights, drawn after the shared ones
     net = ZooNet(arm, num_classes, size)
     net.features.load_state_dict(features.state_dict())
-    if arm != "CSRA":
+    if arm not in ("CSRA", "plain-avgmax"):  # these two read more than C numbers: their own classifier
         net.head[2].load_state_dict(plain_head.state_dict())
     return net
 
@@ -110,8 +132,8 @@ def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
 def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where the model looks, one non-negative (B, h, w) map per image, or None (no spatial map).
 
-    plain, plain-max: the channel mean of the last feature map (a map that needs no attention,
-    the control); CBAM, RGA-S, RGA-SC: the spatial gate; non-local: the attention weights
+    plain, plain-max, plain-avgmax: the channel mean of the last feature map (a map that needs no attention,
+    the control); CBAM, RGA-S, RGA-S-zero, RGA-SC: the spatial gate; non-local: the attention weights
     averaged over all queries, on the grid of its 2x2-pooled keys (where the block reads from,
     half the side of the feature map); A2: the n attention maps averaged; CSRA: the
     class-specific attention of the class in ``labels`` (single-label; without labels, the
@@ -122,7 +144,7 @@ def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None =
     net.eval()
     try:
         features = net.features(images)
-        if net.arm in ("plain", "plain-max"):
+        if net.arm in ("plain", "plain-max", "plain-avgmax"):
             return features.mean(dim=1)
         if net.arm in ("SE", "RGA-C"):
             return None
@@ -131,7 +153,7 @@ def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None =
             chosen = labels if labels is not None else maps["attention"].flatten(2).amax(-1).argmax(-1)
             return maps["attention"][torch.arange(len(images)), chosen]
         _, maps = net.block(features, return_attention=True)
-        if net.arm in ("CBAM", "RGA-S", "RGA-SC"):
+        if net.arm in ("CBAM", "RGA-S", "RGA-S-zero", "RGA-SC"):
             return maps["spatial"][:, 0]
         if net.arm == "non-local":
             return maps["attention"].mean(dim=1)
