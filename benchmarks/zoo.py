@@ -1,10 +1,12 @@
 """The zoo table of notebook 08: every mechanism in one backbone, trained until the arms level off.
 
-    .venv/bin/python benchmarks/zoo.py              # the full table: about 80 CPU-minutes, one thread
+    .venv/bin/python benchmarks/zoo.py              # the full table: about 85 CPU-minutes, one thread
     .venv/bin/python benchmarks/zoo.py --workers 2  # the same numbers, the runs shared by two processes
     .venv/bin/python benchmarks/zoo.py --quick      # a few seconds: tiny data, 1 seed, 2 epochs
     .venv/bin/python benchmarks/zoo.py --arms A B --add-to benchmarks/results/zoo.json   # add arms to a table
     .venv/bin/python benchmarks/zoo.py --noise 0.04 --epochs 12 --out benchmarks/results/zoo_noise_0.04.json
+    .venv/bin/python benchmarks/zoo.py --seed-base 10 --arms plain plain-max plain-avgmax CSRA CSRA-max \
+        --thread-check --out benchmarks/results/zoo_seeds_10.json           # notebook 08's second set of seeds
 
 Writes ``benchmarks/results/zoo.json`` (the recipe and every number of every seed) and
 ``zoo.md`` (the table). Notebook 08 reads the committed JSON file: the full table does not fit
@@ -167,7 +169,7 @@ def costs(arms: list[str], repeats: int, batch: int) -> dict:
     nets = {arm: build(arm, 4, 0, size=SIZE) for arm in dict.fromkeys(["plain", *arms])}
     out = {}
     for arm, net in nets.items():
-        own_head = arm in ("CSRA", "plain-avgmax")
+        own_head = arm in ("CSRA", "CSRA-max", "plain-avgmax")
         block = net.head if own_head else net.block
         out[arm] = {"parameters": tl.count_parameters(net), "mechanism_parameters": tl.count_parameters(block),
                     "multiply_adds": tl.count_flops(net.eval(), x[:1]) // 2}
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny data, one seed, two epochs: checks the script")
     parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--seed-base", type=int, default=0,
+                        help="the seeds are seed-base, seed-base + 1, ... (another set of seeds to check a verdict on)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--arms", nargs="+", default=TABLE_ARMS, choices=ARMS)
     parser.add_argument("--thread-check", nargs="*", default=list(THREAD_CHECK), choices=ARMS,
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                              "runs, and measure the costs of every arm again, side by side")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    seeds = list(range(1 if args.quick else args.seeds))
+    seeds = [args.seed_base + k for k in range(1 if args.quick else args.seeds)]
     epochs = 2 if args.quick else args.epochs
     checkpoints = tuple(e for e in CHECKPOINTS if e < epochs) + (epochs,)
     short = SHORT if SHORT in checkpoints else checkpoints[0]

@@ -20,7 +20,7 @@ def test_every_arm_starts_from_the_same_backbone_and_linear_classifier():
         net = build(arm, 4, seed=3)
         for a, b in zip(plain.features.state_dict().values(), net.features.state_dict().values()):
             assert torch.equal(a, b), arm
-        if arm not in ("CSRA", "plain-avgmax"):
+        if arm not in ("CSRA", "CSRA-max", "plain-avgmax"):
             assert torch.equal(plain.head[2].weight, net.head[2].weight), arm
     assert not torch.equal(build("plain", 4, seed=4).features[0].weight, plain.features[0].weight)
 
@@ -32,6 +32,20 @@ def test_plain_max_differs_from_plain_only_in_its_pooling():
     features = plain.features(x)
     torch.testing.assert_close(plain_max(x), plain.head[2](features.amax(dim=(2, 3))))
     torch.testing.assert_close(plain(x), plain.head[2](features.mean(dim=(2, 3))))
+
+
+def test_csra_max_is_csra_with_its_softmax_over_positions_replaced_by_the_maximum():
+    soft, hard = build("CSRA", 4, seed=2).eval(), build("CSRA-max", 4, seed=2).eval()
+    for a, b in zip(soft.state_dict().values(), hard.state_dict().values()):
+        assert torch.equal(a, b)                                   # the same starting weights
+    x = torch.rand(2, 3, 32, 32)
+    features = hard.features(x)
+    weight = hard.head.head.weight.flatten(1)                      # (K, C): one classifier row per class
+    unit = weight / weight.norm(dim=1, keepdim=True)
+    score = torch.einsum("kc,bchw->bkhw", unit, features).flatten(2)             # (B, K, positions)
+    torch.testing.assert_close(hard(x), score.mean(-1) + 0.1 * score.amax(-1))
+    maps = spatial_map(hard, x, torch.tensor([0, 3]))
+    assert torch.equal(maps.flatten(1).sum(1), torch.ones(2)) and set(maps.unique().tolist()) == {0.0, 1.0}
 
 
 def test_plain_avgmax_reads_the_average_and_the_maximum_side_by_side():
@@ -189,20 +203,21 @@ def test_the_zoo_script_runs_quickly(tmp_path):
 
 
 def test_the_zoo_scripts_workers_give_the_same_numbers(tmp_path):
-    """Runs spread over two worker processes equal the same runs in one process, one thread each."""
+    """Runs spread over two worker processes equal the same runs in one process, one thread each
+    (and --seed-base moves the seeds)."""
     out = tmp_path / "zoo.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick", "--arms", "plain", "CBAM",
-                    "--seeds", "1", "--thread-check", "--workers", "2", "--noise", "0.1", "--out", str(out)],
+                    "--seed-base", "3", "--thread-check", "--workers", "2", "--noise", "0.1", "--out", str(out)],
                    check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
-    assert result["workers"] == 2 and result["noise"] == 0.1 and result["thread_check"] == {}
+    assert result["workers"] == 2 and result["noise"] == 0.1 and result["thread_check"] == {} and result["seeds"] == [3]
     bench = _benchmark()
     train, val = bench.data(True, 0.1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for arm in ("plain", "CBAM"):
-            here = bench.train_with_curve(arm, train, val, 0, result["epochs"], tuple(result["checkpoints"]))
+            here = bench.train_with_curve(arm, train, val, 3, result["epochs"], tuple(result["checkpoints"]))
             assert result["runs"][arm] == [json.loads(json.dumps(here))]
     finally:
         torch.set_num_threads(threads)

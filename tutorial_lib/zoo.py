@@ -26,7 +26,9 @@ side of the square images, a multiple of 4; the zoo table uses 64):
   spa_ratio 8 as official, cha_ratio 4 and down_ratio 4 (on 32 channels the official 8 and 8
   leave the channel head no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
-  average pooling + linear: it is a classifier head, and belongs where the classifier is.
+  average pooling + linear: it is a classifier head, and belongs where the classifier is;
+  ``CSRA-max`` is the same head with T = inf, the ablation of its softmax over positions: the
+  attention term becomes the maximum of each class's score (its map is one-hot at that position);
 
 The TASN sampler belongs *in front of* a network, when the image has more pixels than the
 network can afford to look at; it changes the input, not a feature map, so it has no place in
@@ -39,13 +41,17 @@ leave 2 hidden units; RGA's as above); everything else follows each module's def
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import reduce
 from torch import nn
 
-__all__ = ["ARMS", "BLOCK_ARMS", "ZooNet", "build", "mass_on_object", "object_cells", "spatial_map"]
+__all__ = ["ARMS", "BLOCK_ARMS", "HEAD_ARMS", "ZooNet", "build", "mass_on_object", "object_cells", "spatial_map"]
 
-ARMS = ("plain", "plain-max", "plain-avgmax", "SE", "CBAM", "non-local", "RGA-S", "RGA-S-zero", "RGA-C", "RGA-SC", "A2", "CSRA")
+ARMS = ("plain", "plain-max", "plain-avgmax", "SE", "CBAM", "non-local", "RGA-S", "RGA-S-zero", "RGA-C", "RGA-SC", "A2",
+        "CSRA", "CSRA-max")
+HEAD_ARMS = ("CSRA", "CSRA-max")
 BLOCK_ARMS = ("SE", "CBAM", "non-local", "RGA-S", "RGA-S-zero", "RGA-C", "RGA-SC", "A2")
 WIDTH, SIZE = 32, 32
 _RGA_BRANCHES = {"RGA-S": (True, False), "RGA-S-zero": (True, False), "RGA-C": (False, True),
@@ -101,10 +107,10 @@ class ZooNet(nn.Module):
         self.features = nn.Sequential(*_conv_bn(3, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
                                       *_conv_bn(32, WIDTH))
         self.block = _block(arm, size // 4)
-        if arm == "CSRA":
+        if arm in HEAD_ARMS:
             import tutorial_lib as tl
 
-            self.head = tl.CSRA(WIDTH, num_classes)
+            self.head = tl.CSRA(WIDTH, num_classes, temperature=math.inf if arm == "CSRA-max" else 1.0)
         else:
             pool = {"plain-max": nn.AdaptiveMaxPool2d(1), "plain-avgmax": _AvgMaxPool()}.get(arm, nn.AdaptiveAvgPool2d(1))
             self.head = nn.Sequential(pool, nn.Flatten(),
@@ -123,7 +129,7 @@ def build(arm: str, num_classes: int, seed: int, size: int = SIZE) -> ZooNet:
     torch.manual_seed(seed + 10_000)  # the mechanism's own weights, drawn after the shared ones
     net = ZooNet(arm, num_classes, size)
     net.features.load_state_dict(features.state_dict())
-    if arm not in ("CSRA", "plain-avgmax"):  # these two read more than C numbers: their own classifier
+    if arm not in (*HEAD_ARMS, "plain-avgmax"):  # heads of their own: they replace pooling + linear
         net.head[2].load_state_dict(plain_head.state_dict())
     return net
 
@@ -148,7 +154,7 @@ def spatial_map(net: ZooNet, images: torch.Tensor, labels: torch.Tensor | None =
             return features.mean(dim=1)
         if net.arm in ("SE", "RGA-C"):
             return None
-        if net.arm == "CSRA":
+        if net.arm in HEAD_ARMS:
             _, maps = net.head(features, return_attention=True)
             chosen = labels if labels is not None else maps["attention"].flatten(2).amax(-1).argmax(-1)
             return maps["attention"][torch.arange(len(images)), chosen]
