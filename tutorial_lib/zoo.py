@@ -21,14 +21,15 @@ side of the square images, a multiple of 4; the zoo table uses 64):
   official defaults: inner 16, 2x2-pooled keys), ``RGA-SC`` (both branches, as the paper's
   model), ``RGA-S`` (its spatial branch alone), ``RGA-S-zero`` (RGA-S with its relations
   zeroed: the relation embedding's BatchNorm weight and bias set to zero and frozen, so the gate
-  sees only its summary of each position's own features, the ablation of notebook 04),
+  sees only its summary of each position's own features, the ablation of notebook 04; the
+  weights that compute and embed the relations then get no gradient either),
   ``RGA-C`` (its channel branch alone), all with
   spa_ratio 8 as official, cha_ratio 4 and down_ratio 4 (on 32 channels the official 8 and 8
   leave the channel head no hidden unit), ``A2`` (double attention, m = n = 8 = C/4);
 * the head arm: ``CSRA`` (one head, T = 1, λ = 0.1, the official VOC setting) replaces global
   average pooling + linear: it is a classifier head, and belongs where the classifier is;
   ``CSRA-max`` is the same head with T = inf, the ablation of its softmax over positions: the
-  attention term becomes the maximum of each class's score (its map is one-hot at that position);
+  attention term becomes the maximum of each class's score (its map is one-hot at that position).
 
 The TASN sampler belongs *in front of* a network, when the image has more pixels than the
 network can afford to look at; it changes the input, not a feature map, so it has no place in
